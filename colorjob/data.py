@@ -1,0 +1,261 @@
+"""A dataset folder in the seed's format -> tensors.
+
+A dataset is a folder with ``metadata.csv`` (columns ``input, output`` and one column per condition
+attribute, e.g. ``hair, shirt``), the sketches and their coloured versions, file names relative to
+the folder. ``masks/<sketch stem>_<attribute>.png`` (optional) mark where each attribute is drawn;
+``conditions.json`` (optional) records the value order and colours (see :mod:`colorjob.conditions`).
+
+Images of any mode and size become RGB (transparency composited on white, 16-bit scaled down),
+are resized to the model's square size and scaled to [-1, 1]. Each file is decoded once per run:
+the decoded uint8 tensors are cached, and a sketch shared by 25 colourings is decoded once.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, ImageOps
+
+from colorjob.conditions import FILE_COLUMNS, ConditionVocab
+
+
+class DatasetError(ValueError):
+    """A dataset folder that cannot be used as it is; the message says what to fix."""
+
+
+# ---- decoding any image to RGB ---------------------------------------------------------------
+def to_rgb(img: Image.Image, background=(255, 255, 255)) -> Image.Image:
+    """Any PIL image (1, L, LA, P, RGB, RGBA, I;16, I, F, CMYK, ...) -> RGB on ``background``."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info:
+        img = img.convert("RGBA")
+        canvas = Image.new("RGBA", img.size, (*background, 255))
+        return Image.alpha_composite(canvas, img).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_rgb(source: str | Path | bytes) -> Image.Image:
+    """Open a file or bytes, honour EXIF orientation, return RGB."""
+    img = Image.open(io.BytesIO(source) if isinstance(source, bytes | bytearray) else source)
+    img.load()
+    return to_rgb(ImageOps.exif_transpose(img))
+
+
+def image_to_tensor(img: Image.Image, size: int) -> torch.Tensor:
+    """RGB image -> ``(3, size, size)`` uint8 tensor (resized with antialiasing)."""
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[0, 255]`` -> float ``[-1, 1]``."""
+    return x.float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float ``[-1, 1]`` -> uint8 ``[0, 255]``."""
+    return ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round_().to(torch.uint8)
+
+
+# ---- metadata --------------------------------------------------------------------------------
+def read_metadata(root: str | Path) -> pd.DataFrame:
+    """Read and check ``root/metadata.csv``; every problem is a :class:`DatasetError`."""
+    root = Path(root)
+    path = root / "metadata.csv"
+    if not root.is_dir():
+        raise DatasetError(
+            f"dataset folder {root} does not exist (make one: python -m colorjob.synth --out {root})"
+        )
+    if not path.is_file():
+        raise DatasetError(
+            f"{path} not found: a dataset folder needs metadata.csv with columns input, output and "
+            "one column per condition (e.g. hair, shirt)"
+        )
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise DatasetError(
+            f"{path} is empty: it needs a header input,output,<attributes...> and rows"
+        ) from None
+    df.columns = [c.strip() for c in df.columns]
+    missing = [c for c in FILE_COLUMNS if c not in df.columns]
+    if missing:
+        raise DatasetError(
+            f"{path} lacks column(s) {', '.join(missing)}; it has {', '.join(df.columns)}"
+        )
+    if len(df.columns) == len(FILE_COLUMNS):
+        raise DatasetError(
+            f"{path} has no condition columns (e.g. hair, shirt) besides input and output"
+        )
+    if df.empty:
+        raise DatasetError(f"{path} has a header but no rows: the dataset is empty")
+    blank = df.index[(df[list(FILE_COLUMNS)] == "").any(axis=1)].tolist()
+    if blank:
+        raise DatasetError(f"{path}: rows {_rows(blank)} have an empty input or output")
+    files = pd.unique(pd.concat([df["input"], df["output"]]))
+    gone = [f for f in files if not (root / f).is_file()]
+    if gone:
+        shown = ", ".join(gone[:10]) + (f" and {len(gone) - 10} more" if len(gone) > 10 else "")
+        raise DatasetError(
+            f"{len(gone)} image file(s) listed in {path} are missing under {root}: {shown}"
+        )
+    return df
+
+
+def _rows(idx: list[int]) -> str:
+    lines = [str(i + 2) for i in idx[:10]]  # +2: header line and 1-based numbering
+    return ", ".join(lines) + (f" and {len(idx) - 10} more" if len(idx) > 10 else "")
+
+
+def split_indices(df: pd.DataFrame, val_fraction: float = 0.2, seed: int = 0, by: str = "sketch"):
+    """Train/validation row indices.
+
+    ``by="sketch"`` holds out whole characters (every colouring of a validation sketch is in
+    validation), so validation measures generalisation to new drawings. ``by="pair"`` splits rows.
+    At least one item goes each way when there are two or more.
+    """
+    if by not in ("sketch", "pair"):
+        raise ValueError(f"split must be 'sketch' or 'pair', got {by!r}")
+    rng = np.random.default_rng(seed)
+    groups = np.array(sorted(pd.unique(df["input"]))) if by == "sketch" else np.arange(len(df))
+    n_val = int(round(len(groups) * val_fraction))
+    if len(groups) >= 2 and val_fraction > 0:
+        n_val = min(max(n_val, 1), len(groups) - 1)
+    val_groups = set(rng.permutation(groups)[:n_val].tolist())
+    keys = df["input"].to_numpy() if by == "sketch" else np.arange(len(df))
+    is_val = np.array([k in val_groups for k in keys], dtype=bool)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+# ---- the dataset -----------------------------------------------------------------------------
+class PairDataset(torch.utils.data.Dataset):
+    """(sketch, target, condition) items from a folder in the seed's format.
+
+    Items are dicts ``{"sketch", "target", "condition", "index"}``; sketch and target are float
+    ``(3, S, S)`` tensors in [-1, 1], condition is a long ``(A,)`` tensor of value indices in the
+    vocabulary's attribute order (turn it into planes with ``vocab.planes``).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        image_size: int = 256,
+        vocab: ConditionVocab | None = None,
+        rows: np.ndarray | list[int] | None = None,
+        metadata: pd.DataFrame | None = None,
+        cache: dict | None = None,
+    ):
+        self.root = Path(root)
+        self.image_size = int(image_size)
+        full = read_metadata(self.root) if metadata is None else metadata
+        self.vocab = vocab or ConditionVocab.from_metadata(full, self.root)
+        extra = [n for n in self.vocab.names if n not in full.columns]
+        if extra:
+            raise DatasetError(
+                f"{self.root / 'metadata.csv'} lacks condition column(s) {', '.join(extra)} the model needs"
+            )
+        self.metadata = (
+            full if rows is None else full.iloc[np.asarray(rows, dtype=int)].reset_index(drop=True)
+        )
+        if self.metadata.empty:
+            raise DatasetError(
+                f"no rows selected from {self.root / 'metadata.csv'}: the split is empty"
+            )
+        bad = []
+        cond = []
+        for i, row in enumerate(self.metadata[self.vocab.names].to_dict("records")):
+            try:
+                cond.append(self.vocab.encode(row))
+            except ValueError as e:
+                bad.append(f"row {i + 2}: {e}")
+        if bad:
+            raise DatasetError(f"{self.root / 'metadata.csv'}: " + "; ".join(bad[:10]))
+        self.conditions = torch.tensor(cond, dtype=torch.long)
+        # Shared between the train and validation splits of one run: each file decoded once.
+        self._cache: dict[str, torch.Tensor] = {} if cache is None else cache
+
+    def __len__(self) -> int:
+        return len(self.metadata)
+
+    def image(self, rel: str) -> torch.Tensor:
+        """Decoded ``(3, S, S)`` uint8 tensor of one file, from the cache after the first time."""
+        t = self._cache.get(rel)
+        if t is None:
+            try:
+                t = image_to_tensor(load_rgb(self.root / rel), self.image_size)
+            except (OSError, ValueError, Image.DecompressionBombError) as e:
+                raise DatasetError(f"cannot read image {self.root / rel}: {e}") from e
+            self._cache[rel] = t
+        return t
+
+    def mask(self, sketch_rel: str, attribute: str) -> torch.Tensor | None:
+        """``(S, S)`` bool region of ``attribute`` in a sketch, or None when there is no mask file."""
+        path = self.root / "masks" / f"{Path(sketch_rel).stem}_{attribute}.png"
+        key = f"mask:{path}"
+        if key not in self._cache:
+            if not path.is_file():
+                return None
+            m = (
+                Image.open(path)
+                .convert("L")
+                .resize((self.image_size,) * 2, Image.Resampling.NEAREST)
+            )
+            self._cache[key] = torch.from_numpy(np.asarray(m) > 127)
+        return self._cache[key]
+
+    def has_masks(self) -> bool:
+        return all(
+            self.mask(s, a) is not None
+            for s in pd.unique(self.metadata["input"])
+            for a in self.vocab.names
+        )
+
+    def __getitem__(self, i: int) -> dict:
+        row = self.metadata.iloc[i]
+        return {
+            "sketch": to_unit(self.image(row["input"])),
+            "target": to_unit(self.image(row["output"])),
+            "condition": self.conditions[i],
+            "index": i,
+        }
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The whole split as stacked uint8 tensors (to keep a small dataset on the GPU)."""
+        sketch_keys = list(pd.unique(self.metadata["input"]))
+        sk_index = {k: j for j, k in enumerate(sketch_keys)}
+        return {
+            "sketches": torch.stack([self.image(k) for k in sketch_keys]),
+            "sketch_index": torch.tensor(
+                [sk_index[k] for k in self.metadata["input"]], dtype=torch.long
+            ),
+            "targets": torch.stack([self.image(k) for k in self.metadata["output"]]),
+            "conditions": self.conditions.clone(),
+        }
+
+
+def load_splits(
+    root: str | Path,
+    image_size: int,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    split: str = "sketch",
+    vocab: ConditionVocab | None = None,
+) -> tuple[PairDataset, PairDataset]:
+    """Train and validation datasets of one folder sharing one decode cache and one vocabulary."""
+    df = read_metadata(root)
+    vocab = vocab or ConditionVocab.from_metadata(df, root)
+    tr, va = split_indices(df, val_fraction, seed, split)
+    cache: dict = {}
+    train = PairDataset(root, image_size, vocab, tr, metadata=df, cache=cache)
+    val = PairDataset(root, image_size, vocab, va, metadata=df, cache=cache) if len(va) else None
+    return train, val

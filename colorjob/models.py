@@ -1,0 +1,148 @@
+"""The seed's networks: a pix2pix U-Net generator and a 70x70 PatchGAN discriminator.
+
+Generator: ``log2(image_size)`` stride-2 encoder blocks (channels ngf, 2ngf, 4ngf, 8ngf, then 8ngf)
+and mirrored decoder blocks with skip connections, Tanh out; at 256 px that is 8 blocks with
+channels 64, 128, 256, 512 x 5. As in pix2pix (``unet_256``): LeakyReLU(0.2) + conv + BatchNorm
+going down, ReLU + transposed conv + BatchNorm coming up, dropout 0.5 in the decoders of the
+ngf*8 -> ngf*8 middle blocks (the first three after the bottleneck at 256 px), and **no norm on the
+1x1 bottleneck** (BatchNorm over a 1x1 map breaks batch size 1). Input: sketch RGB (3) + one
+one-hot plane per condition value (seed: 5 hair + 5 shirt -> 13 channels).
+
+Discriminator: pix2pix ``basic`` PatchGAN (n_layers=3) over (image, sketch, condition planes)
+-> (seed: 3 + 3 + 10 = 16 channels), 30x30 logits at 256 px, each seeing a 70x70 patch.
+
+At the seed's settings the parameter counts equal pix2pix's (54.4 M and 2.78 M).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def num_downs_for(image_size: int) -> int:
+    """Encoder blocks for a square image: one per halving down to 1x1 (256 -> 8, 32 -> 5)."""
+    n = int(math.log2(image_size)) if image_size > 0 else 0
+    if 2**n != image_size or n < 5:
+        raise ValueError(f"image_size must be a power of two >= 32 (got {image_size})")
+    return n
+
+
+class Down(nn.Module):
+    """LeakyReLU(0.2) -> Conv4x4/2 -> [BatchNorm]. The outermost block has no activation/norm."""
+
+    def __init__(self, cin: int, cout: int, outermost: bool = False, norm: bool = True):
+        super().__init__()
+        layers: list[nn.Module] = [] if outermost else [nn.LeakyReLU(0.2, True)]
+        layers.append(nn.Conv2d(cin, cout, 4, 2, 1, bias=False))
+        if norm:
+            layers.append(nn.BatchNorm2d(cout))
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.block(x)
+
+
+class Up(nn.Module):
+    """ReLU -> ConvTranspose4x4/2 -> BatchNorm [-> Dropout(0.5)]; outermost: -> Tanh instead."""
+
+    def __init__(self, cin: int, cout: int, outermost: bool = False, dropout: float = 0.0):
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.ReLU(True),
+            nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=outermost),
+        ]
+        if outermost:
+            layers.append(nn.Tanh())
+        else:
+            layers.append(nn.BatchNorm2d(cout))
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.block(x)
+
+
+class Generator(nn.Module):
+    """U-Net: ``(B, in_channels, S, S)`` -> ``(B, out_channels, S, S)`` in [-1, 1]."""
+
+    def __init__(
+        self,
+        in_channels: int = 13,
+        out_channels: int = 3,
+        image_size: int = 256,
+        ngf: int = 64,
+        dropout: float = 0.5,
+    ):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.image_size, self.ngf = image_size, ngf
+        n = num_downs_for(image_size)
+        ch = [ngf * min(2**i, 8) for i in range(n)]  # 64, 128, 256, 512, 512, 512, 512, 512
+        self.downs = nn.ModuleList(
+            [Down(in_channels, ch[0], outermost=True, norm=False)]
+            + [Down(ch[i - 1], ch[i], norm=i < n - 1) for i in range(1, n)]  # no norm at 1x1
+        )
+        ups = []
+        for i in reversed(range(n)):  # innermost first
+            cin = ch[i] if i == n - 1 else ch[i] * 2  # skip connections double the input
+            if i == 0:
+                ups.append(Up(cin, out_channels, outermost=True))
+            else:
+                middle = 4 <= i <= n - 2  # pix2pix's ngf*8 -> ngf*8 blocks carry dropout
+                ups.append(Up(cin, ch[i - 1], dropout=dropout if middle else 0.0))
+        self.ups = nn.ModuleList(ups)
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for down in self.downs:
+            x = down(x)
+            skips.append(x)
+        skips.pop()  # the bottleneck is the decoder's input, not a skip
+        for up in self.ups[:-1]:
+            x = torch.cat([up(x), skips.pop()], dim=1)
+        return self.ups[-1](x)
+
+
+class Discriminator(nn.Module):
+    """PatchGAN: ``(B, in_channels, S, S)`` -> ``(B, 1, P, P)`` real/fake logits (P = 30 at 256)."""
+
+    def __init__(self, in_channels: int = 16, ndf: int = 64, n_layers: int = 3):
+        super().__init__()
+        self.in_channels, self.ndf, self.n_layers = in_channels, ndf, n_layers
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        mult = 1
+        for k in range(1, n_layers + 1):
+            prev, mult = mult, min(2**k, 8)
+            stride = 2 if k < n_layers else 1
+            layers += [
+                nn.Conv2d(ndf * prev, ndf * mult, 4, stride, 1, bias=False),
+                nn.BatchNorm2d(ndf * mult),
+                nn.LeakyReLU(0.2, True),
+            ]
+        layers.append(nn.Conv2d(ndf * mult, 1, 4, 1, 1))
+        self.model = nn.Sequential(*layers)
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def init_weights(net: nn.Module, gain: float = 0.02) -> None:
+    """pix2pix 'normal' init: conv weights N(0, gain), BatchNorm weights N(1, gain), biases 0."""
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+            nn.init.normal_(m.weight, 0.0, gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, gain)
+            nn.init.zeros_(m.bias)
+
+
+def count_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
