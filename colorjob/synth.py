@@ -167,12 +167,29 @@ class _Canvas:
         )
 
     def ink(self) -> np.ndarray:
-        """Final label map: edges between labels and strokes become LINE."""
+        """Final label map: edges between labels and strokes become LINE.
+
+        Pattern outlines (stripes, dots) are drawn with half the pen, like the finer lines an
+        artist uses for detail, so a patterned shirt still reads as its colour.
+        """
         lab = self.lab
         edge = np.zeros_like(lab, dtype=bool)
-        edge[:-1, :] |= lab[:-1, :] != lab[1:, :]
-        edge[:, :-1] |= lab[:, :-1] != lab[:, 1:]
+        fine = np.zeros_like(lab, dtype=bool)
+        for a, b, e in (
+            (lab[:-1, :], lab[1:, :], (slice(None, -1), slice(None))),
+            (lab[:, :-1], lab[:, 1:], (slice(None), slice(None, -1))),
+        ):
+            differ = a != b
+            detail = (
+                differ
+                & ((a == PATTERN) | (b == PATTERN))
+                & np.isin(a, SHIRT_LABELS)
+                & np.isin(b, SHIRT_LABELS)
+            )
+            edge[e] |= differ & ~detail
+            fine[e] |= detail
         edge = _dilate(edge, max(1, int(round(self.pen))))
+        edge |= _dilate(fine, max(1, int(round(self.pen / 2))))
         for m, only in self.strokes:
             edge |= m if only is None else (m & np.isin(lab, only))
         out = lab.copy()
@@ -292,10 +309,11 @@ def draw_character(size: int, rng: np.random.Generator) -> tuple[np.ndarray, dic
             )
     # -- pattern on the shirt body
     pattern = t["pattern"]
-    shade_t = float(u(0.4, 0.55))
-    t["pattern_shade"] = ("light" if rng.random() < 0.6 else "dark", shade_t)
+    # pattern ink: a tint of the shirt colour (light, so the shirt still reads as its colour
+    # when a model works at a lower resolution than the data and the pattern blurs into it)
+    t["pattern_tint"] = float(u(0.4, 0.6))
     if pattern in ("stripes", "thin_stripes"):
-        period = u(0.05, 0.07) if pattern == "stripes" else u(0.03, 0.04)
+        period = u(0.05, 0.07) if pattern == "stripes" else u(0.035, 0.045)
         period = max(period, 8 / size)  # small images: fewer, wider stripes instead of solid ink
         frac = 0.38 if pattern == "stripes" else 0.3
         y = shoulder_y + u(0, period)
@@ -633,13 +651,12 @@ def coverage(labels: np.ndarray, size: int) -> np.ndarray:
     return counts / (s * s)
 
 
-def color_table(hair, shirt, pattern_shade=("light", 0.5)) -> np.ndarray:
-    kind, t = pattern_shade
+def color_table(hair, shirt, pattern_tint: float = 0.5) -> np.ndarray:
     table = np.zeros((N_LABELS, 3), np.float64)
     table[BG], table[FACE], table[SKIN2] = BACKGROUND, SKIN, SKIN
     table[HAIR] = table[HAIR2] = hair
     table[SHIRT] = table[SHIRT2] = shirt
-    table[PATTERN] = _mix(shirt, PAPER if kind == "light" else INK, t)
+    table[PATTERN] = _mix(shirt, PAPER, pattern_tint)
     table[EYE], table[PUPIL], table[LIPS], table[LINE] = EYE_WHITE, DARK, MOUTH, INK
     return table
 
@@ -669,7 +686,7 @@ def _make_one(args: tuple[Path, int, int, int]) -> list[dict]:
     for hname, hrgb in HAIR_COLORS.items():
         for sname, srgb in SHIRT_COLORS.items():
             name = f"colored/{stem}_{hname}_{sname}.png"
-            render(cov, color_table(hrgb, srgb, traits["pattern_shade"])).save(out / name)
+            render(cov, color_table(hrgb, srgb, traits["pattern_tint"])).save(out / name)
             rows.append(
                 {"input": f"sketches/{stem}.png", "output": name, "hair": hname, "shirt": sname}
             )
