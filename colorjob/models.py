@@ -146,3 +146,32 @@ def init_weights(net: nn.Module, gain: float = 0.02) -> None:
 
 def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
+
+
+class GANLoss(nn.Module):
+    """The adversarial loss without label tensors at the call site (as pix2pix's GANLoss).
+
+    ``vanilla``: BCE-with-logits (the seed's); ``lsgan``: least squares on the raw outputs.
+    ``loss(prediction, target_is_real)``.
+    """
+
+    def __init__(self, mode: str = "vanilla", real_label: float = 1.0, fake_label: float = 0.0):
+        super().__init__()
+        if mode not in ("vanilla", "lsgan"):
+            raise ValueError(f"gan_mode must be 'vanilla' or 'lsgan', got {mode!r}")
+        self.mode = mode
+        self.register_buffer("real_label", torch.tensor(real_label), persistent=False)
+        self.register_buffer("fake_label", torch.tensor(fake_label), persistent=False)
+        self.loss = nn.BCEWithLogitsLoss() if mode == "vanilla" else nn.MSELoss()
+
+    def forward(self, prediction: torch.Tensor, target_is_real: bool) -> torch.Tensor:
+        label = self.real_label if target_is_real else self.fake_label
+        prediction = prediction.float()
+        return self.loss(prediction, label.to(prediction.device).expand_as(prediction))
+
+
+def set_requires_grad(nets: nn.Module | list[nn.Module], requires_grad: bool) -> None:
+    """Freeze or unfreeze networks (D is frozen while G learns, so no gradient is spent on it)."""
+    for net in nets if isinstance(nets, list) else [nets]:
+        for p in net.parameters():
+            p.requires_grad_(requires_grad)

@@ -7,3 +7,34 @@ from colorjob import synth
 def chars(tmp_path_factory):
     """A small synthetic dataset: 4 characters x 25 colourings at 32 px."""
     return synth.generate(tmp_path_factory.mktemp("chars"), sketches=4, seed=7, size=32, workers=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg(chars, tmp_path_factory):
+    """A 32 px, narrow-network training config over the session's synthetic data."""
+    from colorjob.train import TrainConfig
+
+    def make(out=None, **kw):
+        out = out or tmp_path_factory.mktemp("run")
+        base = dict(
+            data=str(chars),
+            out=str(out),
+            image_size=32,
+            ngf=8,
+            ndf=8,
+            epochs=2,
+            batch_size=8,
+            val_fraction=0.25,
+        )
+        return TrainConfig(**(base | kw))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_cfg):
+    """One finished tiny training run: (config, summary)."""
+    from colorjob.train import train
+
+    cfg = tiny_cfg()
+    return cfg, train(cfg)

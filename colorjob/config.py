@@ -1,0 +1,173 @@
+"""Typed configs: dataclasses loaded from YAML and overridden from the command line.
+
+    cfg = load(TrainConfig, "configs/train.yaml", ["epochs=10", "lambda_l1=50"])
+
+Unknown keys and values of the wrong type are errors that name the key, the file and what is
+allowed, so a typo in a YAML file never silently falls back to a default. Nested dataclasses are
+written as nested mappings in YAML and as dotted keys on the command line (``train.epochs=3``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the config's fields."""
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        is_none = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
+        if is_none and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: cannot be {value!r}")
+    if origin is typing.Literal:
+        allowed = typing.get_args(tp)
+        if isinstance(value, bool) and ("no" if not value else "yes") in allowed:
+            value = "yes" if value else "no"  # YAML 1.1 reads a bare no/yes as a boolean
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        (item,) = typing.get_args(tp)[:1] or (Any,)
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return origin(_coerce(v, item, key) for v in value)
+    if origin is dict or tp is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping of {tp.__name__} fields, got {value!r}")
+        return from_dict(tp, value, where=key)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in (
+            "true",
+            "yes",
+            "1",
+            "on",
+            "false",
+            "no",
+            "0",
+            "off",
+        ):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        try:
+            if tp is int:
+                f = float(value)
+                if f != int(f):
+                    raise ValueError
+                return int(f)
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{key} must be {'an integer' if tp is int else 'a number'}, got {value!r}"
+            ) from None
+    if tp is str:
+        if isinstance(value, dict | list):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def from_dict(cls: type[T], data: dict | None, where: str = "config") -> T:
+    """Build ``cls`` from a mapping; unknown keys and wrong types are :class:`ConfigError`."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(map(str, unknown))}; valid keys: {', '.join(names)}"
+        )
+    kwargs = {
+        k: _coerce(v, hints[k], f"{where}.{k}" if where != "config" else k) for k, v in data.items()
+    }
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    """A config as plain data (for YAML, JSON, checkpoints)."""
+    return dataclasses.asdict(cfg)
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """``["a=1", "b.c=x"]`` -> ``{"a": 1, "b": {"c": "x"}}`` (values parsed as YAML scalars)."""
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. lambda_l1=50)")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def merge(base: dict, extra: dict) -> dict:
+    """Deep merge of plain dicts; ``extra`` wins."""
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load(
+    cls: type[T], path: str | Path | None = None, overrides: list[str] | dict | None = None
+) -> T:
+    """Defaults <- YAML file <- overrides (``key=value`` strings or a dict)."""
+    data: dict = {}
+    where = "config"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must be a mapping of keys to values")
+        where = str(path)
+    extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+    try:
+        return from_dict(cls, merge(data, extra), where="config")
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}" if where != "config" else str(e)) from None

@@ -1,0 +1,128 @@
+"""The exported generator: ``generator.safetensors`` + ``model.json``. One loader for everyone.
+
+``model.json`` holds what is needed to rebuild and use the generator with no training config file
+around: the format version, image size, widths, the condition vocabulary (with colours), the
+metrics of the exported epoch and the training config. Batch colorization, the tuning export and
+the tests all go through :func:`load_generator`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from colorjob.conditions import ConditionVocab
+from colorjob.models import Generator
+
+FORMAT = "colorjob.generator"
+FORMAT_VERSION = 1
+WEIGHTS, META = "generator.safetensors", "model.json"
+
+
+class ModelError(ValueError):
+    """A model directory that cannot be loaded or does not fit what it is asked to do."""
+
+
+def export_generator(
+    generator: Generator,
+    vocab: ConditionVocab,
+    out_dir: str | Path,
+    metrics: dict | None = None,
+    config: dict | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write ``out_dir/generator.safetensors`` and ``out_dir/model.json`` (atomically, each)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {
+        k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
+        for k, v in generator.state_dict().items()
+    }
+    tmp = out / f".{WEIGHTS}.tmp"
+    save_file(state, str(tmp))
+    os.replace(tmp, out / WEIGHTS)
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_id": _file_hash(out / WEIGHTS),
+        "image_size": generator.image_size,
+        "in_channels": generator.in_channels,
+        "out_channels": generator.out_channels,
+        "ngf": generator.ngf,
+        "dtype": str(dtype).removeprefix("torch."),
+        "conditions": vocab.to_dict(),
+        "metrics": metrics or {},
+        "train_config": config or {},
+    }
+    tmp = out / f".{META}.tmp"
+    tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    os.replace(tmp, out / META)
+    return out
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def read_model_info(model_dir: str | Path) -> dict:
+    """``model.json`` of a model directory, checked; no weights are read."""
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise ModelError(
+            f"model directory {d} does not exist (train one: python -m colorjob.train ...)"
+        )
+    missing = [n for n in (WEIGHTS, META) if not (d / n).is_file()]
+    if missing:
+        raise ModelError(f"{d} is not an exported colorjob model: missing {', '.join(missing)}")
+    try:
+        meta = json.loads((d / META).read_text())
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{d / META} is not valid JSON: {e}") from None
+    if meta.get("format") != FORMAT:
+        raise ModelError(f"{d / META} is not a colorjob generator (format {meta.get('format')!r})")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ModelError(
+            f"{d / META} has format version {meta['format_version']}; this colorjob reads up to "
+            f"{FORMAT_VERSION}: upgrade colorjob"
+        )
+    return meta
+
+
+def load_generator(
+    model_dir: str | Path, device: str | torch.device = "cpu", vocab: ConditionVocab | None = None
+) -> tuple[Generator, ConditionVocab, dict]:
+    """Rebuild the exported generator in eval mode; returns ``(generator, vocab, model.json)``.
+
+    ``vocab``, when given, must equal the model's (same attributes, values and order).
+    """
+    d = Path(model_dir)
+    meta = read_model_info(d)
+    model_vocab = ConditionVocab.from_dict(meta["conditions"])
+    if vocab is not None and vocab != model_vocab:
+        raise ModelError(
+            f"condition vocabulary mismatch: the model in {d} knows {model_vocab}, asked for {vocab}"
+        )
+    expected = 3 + model_vocab.num_channels
+    if meta["in_channels"] != expected:
+        raise ModelError(
+            f"{d / META}: in_channels {meta['in_channels']} does not fit its vocabulary "
+            f"({model_vocab.num_channels} condition planes + 3 = {expected})"
+        )
+    g = Generator(meta["in_channels"], meta["out_channels"], meta["image_size"], meta["ngf"])
+    state = load_file(str(d / WEIGHTS))
+    try:
+        g.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except RuntimeError as e:
+        raise ModelError(
+            f"{d / WEIGHTS} does not match the shape model.json describes: {e}"
+        ) from None
+    return g.to(device).eval(), model_vocab, meta

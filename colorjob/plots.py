@@ -1,0 +1,56 @@
+"""Pictures a person looks at: image grids and training curves (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision.utils import make_grid
+
+
+def save_grid(images: torch.Tensor, path: str | Path, ncol: int, pad: int = 2) -> Path:
+    """``(N, 3, H, W)`` uint8 images -> one PNG grid with ``ncol`` columns (row-major)."""
+    grid = make_grid(images.cpu(), nrow=ncol, padding=pad, pad_value=255)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+def plot_curves(
+    rows: Sequence[dict],
+    path: str | Path,
+    panels: Sequence[tuple[str, Sequence[str]]],
+    x: str = "epoch",
+) -> Path:
+    """One panel per ``(title, [columns])``, each column a line over ``x``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    xs = [r[x] for r in rows]
+    for ax, (title, cols) in zip(axes[0], panels, strict=True):
+        for c in cols:
+            ys = [r.get(c) for r in rows]
+            if any(y is not None for y in ys):
+                ax.plot(
+                    xs, [float("nan") if y is None else y for y in ys], marker="o", ms=3, label=c
+                )
+        ax.set_title(title)
+        ax.set_xlabel(x)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,245 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from colorjob import config as cfgmod
+from colorjob.data import PairDataset, load_splits, to_unit
+from colorjob.export import ModelError, load_generator, read_model_info
+from colorjob.metrics import fidelity_hits
+from colorjob.train import (
+    METRIC_COLUMNS,
+    NonFiniteLossError,
+    TrainConfig,
+    load_checkpoint,
+    main,
+    train,
+)
+
+
+def test_a_run_writes_metrics_samples_plot_checkpoints_and_best(trained):
+    cfg, summary = trained
+    out = Path(cfg.out)
+    m = pd.read_csv(out / "metrics.csv")
+    assert list(m.columns) == METRIC_COLUMNS and m["epoch"].tolist() == [1, 2]
+    assert (
+        m[["g_adv", "g_l1", "d_real", "d_fake", "val_l1", "val_psnr", "val_fidelity"]]
+        .notna()
+        .all()
+        .all()
+    )
+    assert (m["val_fidelity"].between(0, 1)).all()
+    for e in (1, 2):
+        grid = Image.open(out / "samples" / f"epoch_{e:03d}.png")
+        assert grid.size == (
+            6 * 32 + 7 * 2,
+            1 * 32 + 2 * 2,
+        )  # 1 val sketch x (sketch + 5 conditions)
+    assert Image.open(out / "loss.png").size[0] > 600
+    assert (out / "checkpoints" / "last.pt").is_file() and (
+        out / "checkpoints" / "best.pt"
+    ).is_file()
+    state = load_checkpoint(out / "checkpoints")  # weights_only=True inside
+    assert state["epoch"] == 2 and state["config"]["image_size"] == 32
+    assert {
+        "generator",
+        "discriminator",
+        "opt_g",
+        "opt_d",
+        "sched_g",
+        "sched_d",
+        "rng",
+        "conditions",
+    } <= set(state)
+    info = read_model_info(out / "best")
+    assert info["image_size"] == 32 and info["ngf"] == 8
+    assert info["metrics"]["epoch"] == summary["best_epoch"]
+    assert info["metrics"]["val_l1"] == pytest.approx(summary["best_val_l1"])
+    assert info["train_config"]["lambda_l1"] == 100.0
+    assert [a["name"] for a in info["conditions"]["attributes"]] == ["hair", "shirt"]
+
+
+def test_first_sample_column_is_the_input_sketch(trained, chars):
+    cfg, _ = trained
+    _, val = load_splits(chars, 32, cfg.val_fraction, cfg.seed)
+    grid = torch.from_numpy(np.array(Image.open(Path(cfg.out) / "samples/epoch_001.png")))
+    first = grid[2:34, 2:34].permute(2, 0, 1)
+    assert torch.equal(first, val.tensors()["sketches"][0])
+
+
+def test_export_load_gives_the_trained_generators_outputs(trained, chars):
+    cfg, _ = trained
+    state = load_checkpoint(Path(cfg.out) / "checkpoints" / "best.pt")
+    g, vocab, meta = load_generator(Path(cfg.out) / "best")
+    from colorjob.models import Generator
+
+    ref = Generator(13, 3, 32, 8).eval()
+    ref.load_state_dict(state["generator"])
+    ds = PairDataset(chars, 32)
+    x = torch.cat(
+        [torch.stack([ds[i]["sketch"] for i in range(6)]), vocab.planes(ds.conditions[:6], 32)], 1
+    )
+    with torch.no_grad():
+        assert torch.equal(g(x), ref(x))
+    assert not g.training
+
+
+def test_loader_rejects_mismatches(trained, tmp_path):
+    cfg, _ = trained
+    best = Path(cfg.out) / "best"
+    from colorjob.conditions import ConditionVocab
+
+    with pytest.raises(ModelError, match="vocabulary mismatch"):
+        load_generator(best, vocab=ConditionVocab.from_dict({"hair": ["black"], "shirt": ["red"]}))
+    with pytest.raises(ModelError, match="does not exist"):
+        load_generator(tmp_path / "nope")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "model.json").write_text(
+        (best / "model.json").read_text().replace('"ngf": 8', '"ngf": 16')
+    )
+    (bad / "generator.safetensors").write_bytes((best / "generator.safetensors").read_bytes())
+    with pytest.raises(ModelError, match="does not match the shape"):
+        load_generator(bad)
+
+
+def test_resume_after_epoch_1_matches_an_uninterrupted_run(tiny_cfg, tmp_path, trained):
+    full_cfg, full = trained
+    cfg = tiny_cfg(out=tmp_path / "r", epochs=1)
+    train(cfg)
+    resumed = train(dataclass_replace(cfg, epochs=2), resume=True)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    a = load_checkpoint(Path(full_cfg.out) / "checkpoints")
+    b = load_checkpoint(tmp_path / "r" / "checkpoints")
+    # Same seed, same data order, dropout and flips per epoch, same optimizer moments: on the CPU
+    # the resumed run is bit-identical to the uninterrupted one.
+    for k in a["generator"]:
+        assert torch.equal(a["generator"][k], b["generator"][k]), k
+    for k in a["discriminator"]:
+        assert torch.equal(a["discriminator"][k], b["discriminator"][k]), k
+    assert a["history"][1]["val_l1"] == b["history"][1]["val_l1"]
+    assert pd.read_csv(tmp_path / "r" / "metrics.csv")["epoch"].tolist() == [1, 2]
+
+
+def dataclass_replace(cfg, **kw):
+    import dataclasses
+
+    return dataclasses.replace(cfg, **kw)
+
+
+def test_cli_resume_extends_a_finished_run(tiny_cfg, tmp_path, chars):
+    cfg = tiny_cfg(out=tmp_path / "cli", epochs=1)
+    yaml_path = tmp_path / "tiny.yaml"
+    yaml_path.write_text(
+        "\n".join(f"{k}: {v}" for k, v in cfgmod.to_dict(cfg).items() if v is not None) + "\n"
+    )
+    assert main(["--config", str(yaml_path)]) == 0
+    assert main(["--out", str(tmp_path / "cli"), "--resume", "--epochs", "2"]) == 0
+    m = pd.read_csv(tmp_path / "cli" / "metrics.csv")
+    assert m["epoch"].tolist() == [1, 2]
+    assert (
+        load_checkpoint(tmp_path / "cli" / "checkpoints")["config"]["ngf"] == 8
+    )  # the run's own config
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(out=tmp_path / "nan", lambda_l1=float("nan"))
+    with pytest.raises(
+        NonFiniteLossError, match=r"non-finite loss at epoch 1, step 1: .*g_total=nan"
+    ):
+        train(cfg)
+
+
+def test_fidelity_of_the_ground_truth_is_at_least_99_percent(chars, tmp_path):
+    from colorjob import synth
+
+    for root, size in (
+        (chars, 32),
+        (synth.generate(tmp_path / "d64", 6, seed=11, size=64, workers=1), 64),
+    ):
+        ds = PairDataset(root, size)
+        t = ds.tensors()
+        masks = [{a: ds.mask(s, a) for a in ds.vocab.names} for s in ds.metadata["input"]]
+        hits = fidelity_hits(t["targets"], t["conditions"], masks, ds.vocab)
+        assert hits.float().mean() >= 0.99
+        wrong = (t["conditions"] + 1) % 5  # every requested colour is off by one palette entry
+        assert fidelity_hits(t["targets"], wrong, masks, ds.vocab).float().mean() <= 0.01
+
+
+def test_fidelity_is_missing_not_zero_without_masks(tiny_cfg, tmp_path, chars):
+    import shutil
+
+    data = tmp_path / "nomask"
+    shutil.copytree(chars, data)
+    shutil.rmtree(data / "masks")
+    summary = train(tiny_cfg(out=tmp_path / "nm", data=str(data), epochs=1))
+    assert summary["history"][0]["val_fidelity"] is None
+    assert pd.read_csv(tmp_path / "nm" / "metrics.csv")["val_fidelity"].isna().all()
+
+
+def test_cli_help_and_config_errors(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "colorjob.train", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for flag in ("--config", "--data", "--epochs", "--resume", "--mixed-precision", "--set"):
+        assert flag in r.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochz: 3\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "colorjob.train", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "unknown key(s) epochz" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "colorjob.train",
+            "--data",
+            str(tmp_path / "none"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "does not exist" in r.stderr and "colorjob.synth" in r.stderr
+
+
+def test_seed_config_files_load():
+    root = Path(__file__).resolve().parents[1] / "configs"
+    seed = cfgmod.load(TrainConfig, root / "train.yaml")
+    assert (seed.image_size, seed.ngf, seed.epochs, seed.lr_g, seed.lambda_l1, seed.gan_mode) == (
+        256,
+        64,
+        50,
+        2e-4,
+        100.0,
+        "vanilla",
+    )
+    cpu = cfgmod.load(TrainConfig, root / "cpu.yaml", ["epochs=3", "gan_mode=lsgan"])
+    assert (cpu.image_size, cpu.epochs, cpu.gan_mode) == (64, 3, "lsgan")
+    with pytest.raises(cfgmod.ConfigError, match="gan_mode must be one of vanilla, lsgan"):
+        cfgmod.load(TrainConfig, root / "cpu.yaml", ["gan_mode=wgan"])
+    with pytest.raises(cfgmod.ConfigError, match="epochs must be an integer"):
+        cfgmod.load(TrainConfig, None, ["epochs=many"])
+
+
+def test_lsgan_and_lr_decay_run(tiny_cfg, tmp_path):
+    s = train(tiny_cfg(out=tmp_path / "ls", gan_mode="lsgan", epochs=2, lr_decay_start=0))
+    lrs = [h["lr_g"] for h in s["history"]]
+    assert lrs[0] < 2e-4 and lrs[1] < lrs[0]
+
+
+def test_unit_range_helpers():
+    x = torch.tensor([0, 255], dtype=torch.uint8)
+    assert to_unit(x).tolist() == [-1.0, 1.0]
