@@ -54,3 +54,29 @@ def plot_curves(
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+def plot_trials(curves: dict, path: str | Path, metric: str = "val_l1", x: str = "epoch") -> Path:
+    """One line per trial: ``curves`` maps a trial name to a DataFrame with ``x`` and ``metric``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, df in curves.items():
+        ax.plot(df[x], df[metric], marker="o", ms=3, label=str(name))
+    ax.set_xlabel(x)
+    ax.set_ylabel(metric)
+    ax.set_yscale("log")
+    ax.set_title(f"{metric} per {x}, every trial")
+    ax.grid(alpha=0.3, which="both")
+    if len(curves) <= 16:
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

@@ -139,6 +139,7 @@ class DeviceSet:
         self.sketch_index = t["sketch_index"].to(device)
         self.targets = t["targets"].to(device)
         self.conditions = t["conditions"].to(device)
+        self.onehot = ds.vocab.one_hot(self.conditions)  # (N, C) once, not per step
         self.vocab, self.size = ds.vocab, ds.image_size
 
     def __len__(self) -> int:
@@ -153,7 +154,7 @@ class DeviceSet:
                 torch.where(f, sketch.flip(-1), sketch),
                 torch.where(f, target.flip(-1), target),
             )
-        planes = self.vocab.planes(self.conditions[idx], self.size)
+        planes = self.onehot[idx][:, :, None, None].expand(-1, -1, self.size, self.size)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         return sketch.contiguous(memory_format=fmt), target.contiguous(memory_format=fmt), planes
 
@@ -176,6 +177,56 @@ def load_checkpoint(path: str | Path) -> dict:
     if state.get("format") != CHECKPOINT_FORMAT:
         raise ModelError(f"{path} is not a colorjob training checkpoint")
     return state
+
+
+# ---- one optimisation step ----------------------------------------------------------------------
+LOSS_NAMES = ["g_adv", "g_l1", "d_real", "d_fake", "g_total"]
+
+
+def make_step(accelerator: Accelerator, G, D, opt_g, opt_d, cfg: TrainConfig):
+    """The pix2pix update on prepared networks: ``step(sketch, target, planes)`` -> loss vector.
+
+    Returns the detached losses (``LOSS_NAMES``) without a device sync.
+    """
+    d_raw = accelerator.unwrap_model(D)
+    gan = GANLoss(cfg.gan_mode).to(accelerator.device)
+
+    def step(sketch: torch.Tensor, target: torch.Tensor, planes: torch.Tensor) -> torch.Tensor:
+        with accelerator.autocast():
+            fake = G(torch.cat([sketch, planes], 1))
+            # D: real -> 1, fake -> 0; two passes as pix2pix (own BatchNorm statistics each),
+            # gradients accumulated locally and synchronised once.
+            set_requires_grad(d_raw, True)
+            opt_d.zero_grad(set_to_none=True)
+            with accelerator.no_sync(D):
+                d_fake = gan(D(torch.cat([fake.detach(), sketch, planes], 1)), False)
+                accelerator.backward(0.5 * d_fake)
+            d_real = gan(D(torch.cat([target, sketch, planes], 1)), True)
+            accelerator.backward(0.5 * d_real)
+            opt_d.step()
+            # G: fool D (through the unwrapped D: no gradient sync, D frozen) + stay close in L1
+            set_requires_grad(d_raw, False)
+            opt_g.zero_grad(set_to_none=True)
+            g_adv = gan(d_raw(torch.cat([fake, sketch, planes], 1)), True)
+            g_l1 = F.l1_loss(fake.float(), target)
+            g_total = cfg.lambda_adv * g_adv + cfg.lambda_l1 * g_l1
+            accelerator.backward(g_total)
+            opt_g.step()
+        return torch.stack([g_adv, g_l1, d_real, d_fake, g_total]).detach().float()
+
+    return step
+
+
+def build_networks(cfg: TrainConfig, n_conditions: int, cuda: bool):
+    """Generator, discriminator and their Adam optimisers for ``n_conditions`` one-hot planes."""
+    G = Generator(3 + n_conditions, 3, cfg.image_size, cfg.ngf, cfg.dropout)
+    D = Discriminator(6 + n_conditions, cfg.ndf, cfg.d_layers)
+    if cuda and cfg.channels_last:
+        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
+    adam = {"betas": (cfg.beta1, cfg.beta2)} | ({"fused": True} if cuda else {})
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, **adam)
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, **adam)
+    return G, D, opt_g, opt_d
 
 
 # ---- one run -----------------------------------------------------------------------------------
@@ -217,16 +268,10 @@ def train(
             f"but {cfg.data} has {vocab}"
         )
 
-    G = Generator(3 + vocab.num_channels, 3, cfg.image_size, cfg.ngf, cfg.dropout)
-    D = Discriminator(6 + vocab.num_channels, cfg.ndf, cfg.d_layers)
+    G, D, opt_g, opt_d = build_networks(cfg, vocab.num_channels, cuda)
     if state is not None:
         G.load_state_dict(state["generator"])
         D.load_state_dict(state["discriminator"])
-    if cuda and cfg.channels_last:
-        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
-    adam = {"betas": (cfg.beta1, cfg.beta2)} | ({"fused": True} if cuda else {})
-    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, **adam)
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, **adam)
     sampler = EpochSampler(len(train_ds), cfg.seed)
     loader = torch.utils.data.DataLoader(
         list(range(len(train_ds))), batch_size=cfg.batch_size, sampler=sampler
@@ -249,7 +294,7 @@ def train(
         best = dict(state["best"])
         start = state["epoch"] + 1
     g_raw, d_raw = accelerator.unwrap_model(G), accelerator.unwrap_model(D)
-    gan = GANLoss(cfg.gan_mode).to(device)
+    step = make_step(accelerator, G, D, opt_g, opt_d, cfg)
     train_set, val_set = DeviceSet(train_ds, device), DeviceSet(val_ds, device)
     val_masks = _masks(val_ds)
     grid = _sample_grid(val_set, cfg)
@@ -289,27 +334,7 @@ def train(
         )
         for idx in bar:
             sketch, target, planes = train_set.batch(idx, flip=cfg.flip, channels_last=cl)
-            with accelerator.autocast():
-                fake = G(torch.cat([sketch, planes], 1))
-                # D: real -> 1, fake -> 0; two passes as pix2pix (own BatchNorm statistics each),
-                # gradients accumulated locally and synchronised once.
-                set_requires_grad(d_raw, True)
-                opt_d.zero_grad(set_to_none=True)
-                with accelerator.no_sync(D):
-                    d_fake = gan(D(torch.cat([fake.detach(), sketch, planes], 1)), False)
-                    accelerator.backward(0.5 * d_fake)
-                d_real = gan(D(torch.cat([target, sketch, planes], 1)), True)
-                accelerator.backward(0.5 * d_real)
-                opt_d.step()
-                # G: fool D (through the unwrapped D: no gradient sync, D frozen) + stay close in L1
-                set_requires_grad(d_raw, False)
-                opt_g.zero_grad(set_to_none=True)
-                g_adv = gan(d_raw(torch.cat([fake, sketch, planes], 1)), True)
-                g_l1 = F.l1_loss(fake.float(), target)
-                g_total = cfg.lambda_adv * g_adv + cfg.lambda_l1 * g_l1
-                accelerator.backward(g_total)
-                opt_g.step()
-            losses.append(torch.stack([g_adv, g_l1, d_real, d_fake, g_total]).detach().float())
+            losses.append(step(sketch, target, planes))
             if len(losses) - checked >= 25:
                 checked = _check_finite(losses, checked, epoch, cfg, bar)
         _check_finite(losses, checked, epoch, cfg, bar)
@@ -412,8 +437,7 @@ def _check_finite(losses: list[torch.Tensor], start: int, epoch: int, cfg: Train
     ok = torch.isfinite(recent).all(dim=1).cpu()
     if not ok.all():
         step = start + int((~ok).nonzero()[0]) + 1
-        names = ["g_adv", "g_l1", "d_real", "d_fake", "g_total"]
-        vals = dict(zip(names, recent[step - start - 1].tolist(), strict=True))
+        vals = dict(zip(LOSS_NAMES, recent[step - start - 1].tolist(), strict=True))
         raise NonFiniteLossError(
             f"non-finite loss at epoch {epoch}, step {step}: "
             + ", ".join(f"{k}={v:.4g}" for k, v in vals.items())

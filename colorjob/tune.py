@@ -1,0 +1,418 @@
+"""Hyper-parameter search with Ray Tune: each trial is one :func:`colorjob.train.train` run.
+
+    python jobs/tune.py --config configs/tune.yaml                     # local Ray
+    ray job submit --working-dir . -- python jobs/tune.py --config configs/tune.yaml   # a cluster
+
+Search: OptunaSearch (TPE, seeded) over the config's ``search`` space, starting from the seed's
+defaults; ASHA stops weak trials early (one report per epoch). Every epoch a trial reports its
+metrics and, every ``train.checkpoint_every`` epochs, a checkpoint (``last.pt`` to resume from and
+``best/``, the trial's best generator so far). An interrupted experiment continues with
+``--resume`` (finished trials are not rerun; the searcher's state comes back). At the end:
+``<storage>/<name>/trials.csv`` and ``trials.png`` and the best trial's generator in
+``<storage>/<name>/best/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+
+from colorjob import config as cfgmod
+from colorjob.train import NonFiniteLossError, TrainConfig, train
+
+DISTRIBUTIONS = ("loguniform", "uniform", "quniform", "randint", "choice")
+
+
+@dataclass
+class Resources:
+    cpu: float = 1.0  # CPUs per trial (also its torch threads)
+    gpu: float = 0.0  # GPUs per trial; fractions (0.25) let small trials share a card
+
+
+@dataclass
+class Scheduler:
+    asha: bool = True  # False: every trial runs all its epochs (FIFO)
+    grace_period: int = 2  # epochs before ASHA may stop a trial
+    reduction_factor: float = 2.0  # keep the best 1/reduction_factor at each rung
+
+
+@dataclass
+class GenerateData:
+    sketches: int = 10
+    size: int = 64
+    seed: int = 0
+
+
+@dataclass
+class TuneConfig:
+    """A search: the base training config, the space around it, and how to run it."""
+
+    name: str = "colorjob-tune"
+    storage_path: str = "runs/tune"  # local folder or s3:// URI: results, checkpoints, best/
+    train: TrainConfig = field(default_factory=TrainConfig)  # every trial starts from this
+    # parameter -> {distribution: [args]}, distribution one of DISTRIBUTIONS
+    search: dict = field(
+        default_factory=lambda: {
+            "lr_g": {"loguniform": [5e-5, 1e-3]},
+            "lr_d": {"loguniform": [5e-5, 1e-3]},
+            "lambda_l1": {"loguniform": [10.0, 300.0]},
+            "lambda_adv": {"uniform": [0.5, 2.0]},
+        }
+    )
+    num_samples: int = 8  # trials
+    max_concurrent_trials: int = 2
+    resources: Resources = field(default_factory=Resources)
+    metric: Literal["val_l1", "score"] = (
+        "val_l1"  # score = val_l1 + fidelity_weight * (1 - fidelity)
+    )
+    fidelity_weight: float = 0.1
+    searcher: Literal["optuna", "random"] = "optuna"
+    start_from_defaults: bool = True  # evaluate the base config's values first
+    seed: int = 0
+    scheduler: Scheduler = field(default_factory=Scheduler)
+    max_failures: int = 1  # retries of a crashed trial (from its last checkpoint)
+    generate_data: GenerateData | None = None  # make a synthetic dataset if train.data is missing
+
+
+# ---- the search space --------------------------------------------------------------------------
+def search_space(cfg: TuneConfig) -> dict:
+    """The config's ``search`` mapping as Ray Tune domains (checked against TrainConfig)."""
+    from ray import tune
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    space = {}
+    for key, spec in cfg.search.items():
+        if key not in fields:
+            raise cfgmod.ConfigError(
+                f"search.{key}: not a training config key; valid: {', '.join(sorted(fields))}"
+            )
+        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
+            raise cfgmod.ConfigError(
+                f"search.{key} must be one of {{loguniform: [low, high]}}, {{uniform: [low, high]}}, "
+                f"{{quniform: [low, high, q]}}, {{randint: [low, high]}}, {{choice: [a, b, ...]}}; got {spec!r}"
+            )
+        ((kind, args),) = spec.items()
+        try:
+            space[key] = tune.choice(list(args)) if kind == "choice" else getattr(tune, kind)(*args)
+        except (TypeError, ValueError) as e:
+            raise cfgmod.ConfigError(f"search.{key}: bad {kind} arguments {args!r}: {e}") from None
+    if not space:
+        raise cfgmod.ConfigError("search is empty: name at least one training key to search over")
+    return space
+
+
+def score(metrics: dict, cfg: TuneConfig) -> float:
+    fid = metrics.get("val_fidelity")
+    return metrics["val_l1"] + cfg.fidelity_weight * (1.0 - (fid if fid is not None else 0.0))
+
+
+# ---- one trial (runs in a Ray worker) ----------------------------------------------------------
+def train_gan(params: dict, base: dict, tune_cfg: dict) -> None:
+    """Tune's function trainable: the training run with ``params`` over ``base``."""
+    import torch
+    from ray import tune
+
+    cfg = cfgmod.from_dict(TuneConfig, tune_cfg)
+    out = Path(os.getcwd()) / "run"  # the trial's own working directory on this node
+    train_cfg = cfgmod.from_dict(TrainConfig, cfgmod.merge(base, params) | {"out": str(out)})
+    torch.set_num_threads(max(1, int(cfg.resources.cpu)))
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:  # a retry or a resumed experiment: continue where it stopped
+        restored = Path(checkpoint.to_directory(str(out / "restored")))
+        resume = restored / "last.pt"
+        if (restored / "best").is_dir():
+            shutil.copytree(restored / "best", out / "best", dirs_exist_ok=True)
+
+    def report(metrics: dict, checkpoint_dir: Path | None) -> None:
+        metrics = {k: v for k, v in metrics.items() if v is not None}
+        metrics["score"] = score(metrics | {"val_fidelity": metrics.get("val_fidelity")}, cfg)
+        if checkpoint_dir is None:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(dir=out) as tmp:  # last.pt + best/, not best.pt too
+            _link_or_copy(checkpoint_dir / "last.pt", Path(tmp) / "last.pt")
+            if (out / "best").is_dir():
+                shutil.copytree(out / "best", Path(tmp) / "best")
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    try:
+        train(train_cfg, resume=resume or False, report=report)
+    except NonFiniteLossError as e:
+        raise RuntimeError(f"trial stopped: {e}") from None
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+# ---- the experiment ----------------------------------------------------------------------------
+def experiment_path(cfg: TuneConfig) -> str:
+    root = cfg.storage_path if "://" in cfg.storage_path else str(Path(cfg.storage_path).absolute())
+    return f"{root.rstrip('/')}/{cfg.name}"
+
+
+def build_tuner(cfg: TuneConfig, resume: bool = False):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    base = cfgmod.to_dict(cfg.train)
+    space = search_space(cfg)
+    trainable = tune.with_resources(
+        tune.with_parameters(train_gan, base=base, tune_cfg=cfgmod.to_dict(cfg)),
+        {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu},
+    )
+    path = experiment_path(cfg)
+    if resume:
+        if not tune.Tuner.can_restore(path):
+            raise cfgmod.ConfigError(
+                f"nothing to resume at {path}: no experiment was started there"
+            )
+        return tune.Tuner.restore(
+            path, trainable=trainable, resume_unfinished=True, resume_errored=False
+        )
+    metric, mode = cfg.metric, "min"
+    if cfg.searcher == "optuna":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        start = [{k: getattr(cfg.train, k) for k in space}] if cfg.start_from_defaults else None
+        searcher = OptunaSearch(
+            metric=metric,
+            mode=mode,
+            points_to_evaluate=start,
+            sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+        )
+    else:
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        searcher = BasicVariantGenerator(random_state=cfg.seed)
+    scheduler = (
+        ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=cfg.train.epochs,
+            grace_period=cfg.scheduler.grace_period,
+            reduction_factor=cfg.scheduler.reduction_factor,
+        )
+        if cfg.scheduler.asha
+        else FIFOScheduler()
+    )
+    return tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            metric=metric,
+            mode=mode,
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=cfg.num_samples,
+            max_concurrent_trials=cfg.max_concurrent_trials,
+        ),
+        run_config=tune.RunConfig(
+            name=cfg.name,
+            storage_path=path.rsplit("/", 1)[0],
+            failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=1,
+        ),
+    )
+
+
+def summarize(results, cfg: TuneConfig) -> pd.DataFrame:
+    """One row per trial: id, searched params, best metric, fidelity there, epochs, status."""
+    rows = []
+    for r in results:
+        df = r.metrics_dataframe
+        row = {"trial_id": (r.metrics or {}).get("trial_id") or Path(r.path).name.split("_")[-2]}
+        row |= {k: r.config.get(k) for k in cfg.search}
+        if df is not None and len(df) and cfg.metric in df:
+            best = df.loc[df[cfg.metric].idxmin()]
+            row |= {
+                "val_l1": float(best["val_l1"]),
+                "val_fidelity": float(best["val_fidelity"])
+                if "val_fidelity" in best and not pd.isna(best["val_fidelity"])
+                else None,
+                "best_epoch": int(best["epoch"]),
+                "epochs": int(df["training_iteration"].max()),
+            }
+            if cfg.metric != "val_l1":
+                row[cfg.metric] = float(best[cfg.metric])
+        else:
+            row |= {"val_l1": None, "val_fidelity": None, "best_epoch": None, "epochs": 0}
+        if r.error is not None:
+            row["status"] = "failed"
+        elif row["epochs"] < cfg.train.epochs:
+            row["status"] = "stopped early"
+        else:
+            row["status"] = "completed"
+        row["error"] = _short_error(r.error)
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values(
+        cfg.metric if cfg.metric in rows[0] else "val_l1", na_position="last"
+    )
+
+
+def _short_error(err) -> str:
+    if err is None:
+        return ""
+    text = str(err).strip().splitlines()
+    msg = next((line for line in reversed(text) if line.strip()), "")
+    return msg[:300]
+
+
+def finish(results, cfg: TuneConfig) -> Path | None:
+    """Write trials.csv and trials.png, export the best trial's generator; returns best/ path."""
+    from colorjob.plots import plot_trials
+
+    exp = Path(experiment_path(cfg))
+    table = summarize(results, cfg)
+    table.to_csv(exp / "trials.csv", index=False)
+    curves = {
+        row.trial_id: r.metrics_dataframe
+        for row, r in zip(table.itertuples(), _in_order(results, table), strict=True)
+        if r.metrics_dataframe is not None and "val_l1" in r.metrics_dataframe
+    }
+    if curves:
+        plot_trials(curves, exp / "trials.png", metric="val_l1")
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        print(
+            table.drop(columns=["error"]).to_string(index=False, float_format=lambda v: f"{v:.4g}")
+        )
+    for row in table.itertuples():
+        if row.status == "failed":
+            print(f"trial {row.trial_id} failed: {row.error}")
+    ok = [
+        r
+        for r in results
+        if r.error is None and r.metrics_dataframe is not None and len(r.metrics_dataframe)
+    ]
+    if not ok:
+        print("no trial finished an epoch: nothing to export")
+        return None
+    best = results.get_best_result(
+        metric=cfg.metric, mode="min", scope="all", filter_nan_and_inf=True
+    )
+    if best.checkpoint is None:
+        print("the best trial saved no checkpoint: nothing to export")
+        return None
+    dest = exp / "best"
+    with best.checkpoint.as_directory() as d:
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(Path(d) / "best", dest)
+    return dest
+
+
+def _in_order(results, table: pd.DataFrame):
+    by_id = {}
+    for r in results:
+        tid = (r.metrics or {}).get("trial_id") or Path(r.path).name.split("_")[-2]
+        by_id[tid] = r
+    return [by_id[t] for t in table["trial_id"]]
+
+
+def prepare_data(cfg: TuneConfig) -> TuneConfig:
+    """Absolute data path (trials run elsewhere); generate a synthetic set if asked and missing."""
+    data = cfg.train.data
+    if "://" not in data:
+        data = str(Path(data).absolute())
+        if not (Path(data) / "metadata.csv").is_file() and cfg.generate_data is not None:
+            from colorjob import synth
+
+            g = cfg.generate_data
+            print(f"generating a synthetic dataset ({g.sketches} sketches, {g.size}px) in {data}")
+            synth.generate(data, g.sketches, seed=g.seed, size=g.size)
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, data=data))
+
+
+def run(cfg: TuneConfig, resume: bool = False) -> Path | None:
+    """Start (or resume) the search on the Ray that is there (or a local one); returns best/."""
+    import ray
+
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    cfg = prepare_data(cfg)
+    if not cfg.train.data.startswith(("s3://", "gs://")):
+        from colorjob.data import read_metadata
+
+        read_metadata(cfg.train.data)  # a bad dataset fails here, not in every trial
+    search_space(cfg)
+    if not ray.is_initialized():
+        ray.init(log_to_driver=True, configure_logging=True, logging_level="warning")
+    tuner = build_tuner(cfg, resume=resume)
+    results = tuner.fit()
+    best = finish(results, cfg)
+    if best is not None:
+        print(f"best generator: {best}")
+    return best
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python jobs/tune.py",
+        description="Search learning rates and loss weights of the colorization GAN with Ray Tune "
+        "(Optuna TPE + ASHA early stopping). Each trial is one training run. Writes "
+        "<storage>/<name>/trials.csv, trials.png and the best generator to <storage>/<name>/best/.",
+        epilog="Runs on a local Ray, or on a cluster under: ray job submit --working-dir . -- python "
+        "jobs/tune.py --config configs/tune.yaml",
+    )
+    p.add_argument("--config", help="YAML TuneConfig (e.g. configs/tune.yaml)")
+    p.add_argument("--data", help="dataset folder or URI (overrides train.data)")
+    p.add_argument("--storage-path", help="where results go: a folder or s3:// URI")
+    p.add_argument("--name", help="experiment name (a folder under the storage path)")
+    p.add_argument("--num-samples", type=int, help="number of trials")
+    p.add_argument("--epochs", type=int, help="epochs per trial (ASHA's max_t)")
+    p.add_argument("--image-size", type=int, help="training image size")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted experiment (same --storage-path/--name)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. --set train.batch_size=16 --set resources.gpu=0.25",
+    )
+    return p
+
+
+def config_from_args(args) -> TuneConfig:
+    flags = {
+        "storage_path": args.storage_path, "name": args.name, "num_samples": args.num_samples,
+        "train": {k: v for k, v in {"data": args.data, "epochs": args.epochs, "image_size": args.image_size}.items() if v is not None},
+    }  # fmt: skip
+    flags = {k: v for k, v in flags.items() if v not in (None, {})}
+    return cfgmod.load(
+        TuneConfig, args.config, cfgmod.merge(flags, cfgmod.parse_overrides(args.set))
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from colorjob.data import DatasetError
+
+    try:
+        cfg = config_from_args(args)
+        best = run(cfg, resume=args.resume)
+    except (cfgmod.ConfigError, DatasetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0 if best is not None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""End to end on a real Ray cluster: `ray start --head` on loopback, `ray job submit`, `ray stop`."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """A one-node Ray cluster whose jobs run this venv's python; stopped afterwards."""
+    env = os.environ | {
+        "RAY_AUTH_MODE": "disabled",  # the same for start and submit
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # the job's `python`
+    }
+    dash = _free_port()
+    start = [
+        str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
+        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+        "--num-cpus=2", "--disable-usage-stats",
+    ]  # fmt: skip
+    subprocess.run(start, env=env, check=True, capture_output=True, timeout=180)
+    try:
+        yield env, f"http://127.0.0.1:{dash}"
+    finally:
+        subprocess.run(
+            [str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120
+        )
+
+
+def test_ray_job_submit_runs_the_search(cluster, tmp_path, chars):
+    env, address = cluster
+    spec = {
+        "name": "job",
+        "storage_path": str(tmp_path / "results"),
+        "num_samples": 2,
+        "resources": {"cpu": 1},
+        "scheduler": {"asha": False},
+        "train": {
+            "data": str(chars),
+            "image_size": 32,
+            "ngf": 8,
+            "ndf": 8,
+            "epochs": 1,
+            "batch_size": 8,
+            "val_fraction": 0.25,
+        },
+    }
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(yaml.safe_dump(spec))
+    submit = [
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        f"--address={address}",
+        "--working-dir",
+        str(ROOT),
+        "--",
+    ]
+    r = subprocess.run(
+        [*submit, "python", "jobs/tune.py", "--config", str(cfg)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    assert "succeeded" in out.lower(), out[-4000:]
+    assert (tmp_path / "results" / "job" / "best" / "generator.safetensors").is_file()
+    assert (tmp_path / "results" / "job" / "trials.csv").is_file()
