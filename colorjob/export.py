@@ -14,8 +14,10 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save_file
 
+from colorjob import storage
 from colorjob.conditions import ConditionVocab
 from colorjob.models import Generator
 
@@ -74,27 +76,65 @@ def _file_hash(path: Path) -> str:
 
 
 def read_model_info(model_dir: str | Path) -> dict:
-    """``model.json`` of a model directory, checked; no weights are read."""
-    d = Path(model_dir)
-    if not d.is_dir():
+    """``model.json`` of a model directory (a folder or a URI), checked; no weights are read."""
+    fs, root = storage.resolve(model_dir)
+    if not storage.is_dir(fs, root):
         raise ModelError(
-            f"model directory {d} does not exist (train one: python -m colorjob.train ...)"
+            f"model directory {model_dir} does not exist (train one: python -m colorjob.train ...)"
         )
-    missing = [n for n in (WEIGHTS, META) if not (d / n).is_file()]
+    missing = [n for n in (WEIGHTS, META) if not storage.exists(fs, storage.join(root, n))]
     if missing:
-        raise ModelError(f"{d} is not an exported colorjob model: missing {', '.join(missing)}")
+        raise ModelError(
+            f"{model_dir} is not an exported colorjob model: missing {', '.join(missing)}"
+        )
+    where = f"{str(model_dir).rstrip('/')}/{META}"
     try:
-        meta = json.loads((d / META).read_text())
+        meta = json.loads(storage.read_bytes(fs, storage.join(root, META)))
     except json.JSONDecodeError as e:
-        raise ModelError(f"{d / META} is not valid JSON: {e}") from None
+        raise ModelError(f"{where} is not valid JSON: {e}") from None
     if meta.get("format") != FORMAT:
-        raise ModelError(f"{d / META} is not a colorjob generator (format {meta.get('format')!r})")
+        raise ModelError(f"{where} is not a colorjob generator (format {meta.get('format')!r})")
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise ModelError(
-            f"{d / META} has format version {meta['format_version']}; this colorjob reads up to "
+            f"{where} has format version {meta['format_version']}; this colorjob reads up to "
             f"{FORMAT_VERSION}: upgrade colorjob"
         )
+    model_vocab = ConditionVocab.from_dict(meta["conditions"])
+    expected = 3 + model_vocab.num_channels
+    if meta["in_channels"] != expected:
+        raise ModelError(
+            f"{where}: in_channels {meta['in_channels']} does not fit its vocabulary "
+            f"({model_vocab.num_channels} condition planes + 3 = {expected})"
+        )
     return meta
+
+
+def read_model(model_dir: str | Path) -> tuple[dict, bytes]:
+    """``(model.json, generator.safetensors bytes)``: what a remote worker needs to rebuild it."""
+    meta = read_model_info(model_dir)
+    fs, root = storage.resolve(model_dir)
+    return meta, storage.read_bytes(fs, storage.join(root, WEIGHTS))
+
+
+def build_generator(
+    meta: dict,
+    weights: bytes,
+    device: str | torch.device = "cpu",
+    vocab: ConditionVocab | None = None,
+) -> tuple[Generator, ConditionVocab]:
+    """A generator in eval mode from :func:`read_model`'s output."""
+    model_vocab = ConditionVocab.from_dict(meta["conditions"])
+    if vocab is not None and vocab != model_vocab:
+        raise ModelError(
+            f"condition vocabulary mismatch: the model knows {model_vocab}, asked for {vocab}"
+        )
+    g = Generator(meta["in_channels"], meta["out_channels"], meta["image_size"], meta["ngf"])
+    state = safetensors_load(weights)
+    try:
+        g.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except RuntimeError as e:
+        raise ModelError(f"{WEIGHTS} does not match the shape model.json describes: {e}") from None
+    return g.to(device).eval(), model_vocab
 
 
 def load_generator(
@@ -104,25 +144,9 @@ def load_generator(
 
     ``vocab``, when given, must equal the model's (same attributes, values and order).
     """
-    d = Path(model_dir)
-    meta = read_model_info(d)
-    model_vocab = ConditionVocab.from_dict(meta["conditions"])
-    if vocab is not None and vocab != model_vocab:
-        raise ModelError(
-            f"condition vocabulary mismatch: the model in {d} knows {model_vocab}, asked for {vocab}"
-        )
-    expected = 3 + model_vocab.num_channels
-    if meta["in_channels"] != expected:
-        raise ModelError(
-            f"{d / META}: in_channels {meta['in_channels']} does not fit its vocabulary "
-            f"({model_vocab.num_channels} condition planes + 3 = {expected})"
-        )
-    g = Generator(meta["in_channels"], meta["out_channels"], meta["image_size"], meta["ngf"])
-    state = load_file(str(d / WEIGHTS))
+    meta, weights = read_model(model_dir)
     try:
-        g.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    except RuntimeError as e:
-        raise ModelError(
-            f"{d / WEIGHTS} does not match the shape model.json describes: {e}"
-        ) from None
-    return g.to(device).eval(), model_vocab, meta
+        g, model_vocab = build_generator(meta, weights, device, vocab)
+    except ModelError as e:
+        raise ModelError(f"{model_dir}: {e}") from None
+    return g, model_vocab, meta

@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -135,7 +136,8 @@ def train_gan(params: dict, base: dict, tune_cfg: dict) -> None:
 
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
         metrics = {k: v for k, v in metrics.items() if v is not None}
-        metrics["score"] = score(metrics | {"val_fidelity": metrics.get("val_fidelity")}, cfg)
+        metrics["score"] = score(metrics, cfg)
+        metrics["reported_at"] = time.time()  # orders reports across trials (benchmarks)
         if checkpoint_dir is None:
             tune.report(metrics)
             return

@@ -1,0 +1,247 @@
+"""Batch colorization on real Ray Data with a tiny model trained in a fixture."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import ray
+from PIL import Image
+
+from colorjob.batch import BatchConfig, BatchError, read_grid, run, safe_name
+from colorjob.conditions import ConditionVocab
+from colorjob.export import read_model_info
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def model(trained):
+    return str(Path(trained[0].out) / "best")
+
+
+@pytest.fixture
+def grid(tmp_path):
+    p = tmp_path / "grid.csv"
+    p.write_text("hair,shirt\nblack,red\nblonde,green\nblue,navy\n")
+    return p
+
+
+def make_sketches(root: Path, chars: Path) -> dict[str, tuple[int, int]]:
+    """Good sketches of mixed sizes, modes and folders -> their (width, height)."""
+    src = Image.open(chars / "sketches" / "char_0000.png").convert("RGB")
+    (root / "sub" / "deeper").mkdir(parents=True)
+    images = {
+        "a.png": src,
+        "wide.png": src.resize((90, 40)).convert("RGBA"),
+        "sub/tall.jpg": src.resize((30, 70)),
+        "sub/gray.png": src.convert("L").resize((50, 50)),
+        "sub/deeper/pal.png": src.convert("P"),
+        "sub/deeper/deep16.png": Image.fromarray(
+            np.asarray(src.convert("L")).astype(np.uint16) * 257
+        ),
+        "photo.webp": src.resize((64, 48)),
+    }
+    for rel, im in images.items():
+        im.save(root / rel)
+    return {rel: im.size for rel, im in images.items()}
+
+
+def test_mixed_sketches_times_grid_every_output_at_its_own_size(
+    local_ray, tmp_path, chars, model, grid
+):
+    sizes = make_sketches(tmp_path / "in", chars)
+    (tmp_path / "in" / "notes.txt").write_text("not a sketch")  # ignored: not an image name
+    manifest = run(
+        BatchConfig(
+            input=str(tmp_path / "in"),
+            conditions=str(grid),
+            model=model,
+            output=str(tmp_path / "out"),
+        )
+    )
+    out = tmp_path / "out"
+    assert len(manifest) == len(sizes) * 3 and (manifest["status"] == "ok").all()
+    assert set(manifest.columns) >= {
+        "input",
+        "output",
+        "status",
+        "error",
+        "hair",
+        "shirt",
+        "variant",
+        "model_id",
+        "width",
+        "height",
+    }
+    assert manifest["model_id"].eq(read_model_info(model)["model_id"]).all()
+    for r in manifest.itertuples():
+        img = Image.open(out / r.output)
+        assert img.size == sizes[r.input] == (r.width, r.height), r.output
+        assert img.mode == "RGB"
+    assert (out / "sub" / "deeper" / "pal__blonde_green.png").is_file()
+    assert (out / "wide__black_red.png").is_file()
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(out / "manifest.parquet"), manifest, check_dtype=False
+    )
+    sheet = Image.open(out / "contact_sheet.png")
+    assert sheet.size == (4 * 96, 7 * 96)
+
+
+def test_bad_files_fail_alone_and_reruns_skip_and_restore(local_ray, tmp_path, chars, model, grid):
+    make_sketches(tmp_path / "in", chars)
+    bad = tmp_path / "in" / "bad"
+    bad.mkdir()
+    (bad / "zero.png").write_bytes(b"")
+    (bad / "text.png").write_text("hello, not a png")
+    good = (tmp_path / "in" / "a.png").read_bytes()
+    (bad / "truncated.png").write_bytes(good[: len(good) // 2])
+    Image.new("L", (3000, 1000), 255).save(bad / "bomb.png")  # > 2 x max_pixels: PIL's own guard
+    Image.new("L", (1500, 1000), 255).save(bad / "huge.png")  # > max_pixels: colorjob's guard
+    Image.new("RGB", (1, 1), "white").save(bad / "dot.png")
+    cfg = BatchConfig(
+        input=str(tmp_path / "in"),
+        conditions=str(grid),
+        model=model,
+        output=str(tmp_path / "out"),
+        max_pixels=1_000_000,
+    )
+    m = run(cfg)
+    failed = m[m["status"] == "failed"]
+    assert set(failed["input"]) == {
+        f"bad/{n}"
+        for n in ("zero.png", "text.png", "truncated.png", "bomb.png", "huge.png", "dot.png")
+    }
+    assert (failed.groupby("input").size() == 3).all()
+    reasons = failed.drop_duplicates("input").set_index("input")["error"]
+    assert "0 bytes" in reasons["bad/zero.png"]
+    assert "not an image" in reasons["bad/text.png"]
+    assert "truncated" in reasons["bad/truncated.png"].lower()
+    assert "decompression bomb" in reasons["bad/bomb.png"]
+    assert "over the 1 MP limit" in reasons["bad/huge.png"]
+    assert "too small" in reasons["bad/dot.png"]
+    assert (m["status"] == "ok").sum() == 7 * 3
+    out = tmp_path / "out"
+    assert not list(out.rglob("bad/*"))  # nothing half-written for bad inputs
+
+    # a rerun skips everything that is done (and tries the bad files again)
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*__*.*")}
+    m2 = run(cfg)
+    assert (m2["status"] == "skipped").sum() == 21 and (m2["status"] == "ok").sum() == 0
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*__*.*")} == mtimes
+    assert (m2.loc[m2["status"] == "skipped", "width"] > 0).all()
+
+    # delete half the outputs and leave a torn temp file: only the missing ones are made again
+    done = sorted(out.rglob("*__*.png"))
+    gone = done[::2]
+    for p in gone:
+        p.unlink()
+    (out / ".colorjob-tmp-dead-a__black_red.png").write_bytes(b"torn")
+    m3 = run(cfg)
+    assert (m3["status"] == "ok").sum() == len(gone)
+    assert set(m3.loc[m3["status"] == "ok", "output"]) == {str(p.relative_to(out)) for p in gone}
+    assert (m3["status"] == "skipped").sum() == 21 - len(gone)
+    assert not list(out.rglob(".colorjob-tmp-*"))
+    assert (
+        len(m3) == len(m3[["input", "variant"]].drop_duplicates()) == 13 * 3
+    )  # every output exactly once
+
+    # --overwrite redoes everything
+    m4 = run(BatchConfig(**{**cfg.__dict__, "overwrite": True}))
+    assert (m4["status"] == "ok").sum() == 21
+
+
+def test_grid_errors_come_before_any_work(tmp_path, model):
+    vocab = ConditionVocab.from_dict(read_model_info(model)["conditions"])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("hair,shirt\nblack,red\npink,red\nblack,red\nblue,teal\n")
+    with pytest.raises(BatchError) as e:
+        read_grid(str(bad), vocab)
+    msg = str(e.value)
+    assert "3 problem(s)" in msg
+    assert (
+        "row 3: unknown hair 'pink'" in msg
+        and "row 4: duplicates row 2" in msg
+        and "row 5: unknown shirt 'teal'" in msg
+    )
+    (tmp_path / "cols.csv").write_text("hair,shrt\nblack,red\n")
+    with pytest.raises(BatchError, match=r"missing column\(s\) shirt.*unknown column\(s\) shrt"):
+        read_grid(str(tmp_path / "cols.csv"), vocab)
+    (tmp_path / "empty.csv").write_text("hair,shirt\n")
+    with pytest.raises(BatchError, match="no rows"):
+        read_grid(str(tmp_path / "empty.csv"), vocab)
+    # through the job: nothing is written, Ray is not needed
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (32, 32), "white").save(tmp_path / "in" / "a.png")
+    r = subprocess.run(
+        [sys.executable, "-m", "colorjob.batch", "--input", str(tmp_path / "in"), "--conditions", str(bad), "--model", model, "--output", str(tmp_path / "o")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 2 and "unknown hair 'pink'" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()
+    for args, text in (
+        (["--model", str(tmp_path / "nomodel")], "does not exist"),
+        (["--input", str(tmp_path / "nothing")], "does not exist"),
+        (["--input", str(tmp_path / "o2")], "does not exist"),
+    ):
+        base = {
+            "--input": str(tmp_path / "in"),
+            "--conditions": str(ROOT / "configs" / "grid.csv"),
+            "--model": model,
+            "--output": str(tmp_path / "o"),
+        }
+        base[args[0]] = args[1]
+        r = subprocess.run(
+            [sys.executable, "-m", "colorjob.batch", *sum(base.items(), ())],
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 2 and text in r.stderr, r.stderr
+    (tmp_path / "emptyin").mkdir()
+    with pytest.raises(BatchError, match="no images under"):
+        run(
+            BatchConfig(
+                input=str(tmp_path / "emptyin"),
+                conditions=str(ROOT / "configs" / "grid.csv"),
+                model=model,
+                output=str(tmp_path / "o"),
+            )
+        )
+
+
+def test_names_are_neutralised(local_ray, tmp_path, model):
+    assert safe_name("../../etc/passwd") == "etc_passwd"
+    assert safe_name("/abs/path") == "abs_path"
+    assert safe_name("..") == "variant"
+    grid = tmp_path / "g.csv"
+    grid.write_text("hair,shirt,name\nblack,red,../../escape\nblonde,green,/etc/abs\n")
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (40, 40), "white").save(tmp_path / "in" / "x.png")
+    m = run(
+        BatchConfig(
+            input=str(tmp_path / "in"),
+            conditions=str(grid),
+            model=model,
+            output=str(tmp_path / "out"),
+        )
+    )
+    assert sorted(m["output"]) == ["x__escape.png", "x__etc_abs.png"]
+    assert all((tmp_path / "out" / o).is_file() for o in m["output"])
+    assert not (tmp_path / "escape.png").exists() and not list(tmp_path.glob("x__*"))
+
+
+def test_shipped_grid_has_all_25_seed_combinations(model):
+    vocab = ConditionVocab.from_dict(read_model_info(model)["conditions"])
+    g = read_grid(str(ROOT / "configs" / "grid.csv"), vocab)
+    assert len(g) == 25 and len(g[["hair", "shirt"]].drop_duplicates()) == 25
