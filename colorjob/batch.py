@@ -362,6 +362,8 @@ def plan(cfg: BatchConfig):
     grid = read_grid(cfg.conditions, vocab)
     if cfg.batch_size < 1:
         raise BatchError("batch_size must be at least 1")
+    storage.check(cfg.input)
+    storage.check(cfg.output, writable=True)  # a wrong bucket or missing credentials: here, clearly
     input_root, sketches = list_sketches(cfg)
     stems = unique_stems(sketches)
     ofs, oroot = storage.resolve(cfg.output)
@@ -613,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
         )
         manifest = run(cfg)
-    except (BatchError, ModelError, cfgmod.ConfigError) as e:
+    except (BatchError, ModelError, cfgmod.ConfigError, storage.StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     failed = int((manifest["status"] == "failed").sum()) if len(manifest) else 0

@@ -78,7 +78,11 @@ def _file_hash(path: Path) -> str:
 def read_model_info(model_dir: str | Path) -> dict:
     """``model.json`` of a model directory (a folder or a URI), checked; no weights are read."""
     fs, root = storage.resolve(model_dir)
-    if not storage.is_dir(fs, root):
+    try:
+        found = storage.is_dir(fs, root)
+    except OSError as e:
+        raise ModelError(str(storage.explain(str(model_dir), e))) from None
+    if not found:
         raise ModelError(
             f"model directory {model_dir} does not exist (train one: python -m colorjob.train ...)"
         )

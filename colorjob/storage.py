@@ -16,6 +16,74 @@ import pyarrow.fs as pafs
 TMP_MARK = ".colorjob-tmp-"
 
 
+class StorageError(OSError):
+    """A location that cannot be reached or used; the message says what to check."""
+
+
+def explain(uri: str, err: BaseException) -> StorageError:
+    """A readable error for a failed access to ``uri`` (wrong bucket, credentials, endpoint)."""
+    msg = str(err)
+    hint = ""
+    if is_uri(uri) and str(uri).startswith("s3://"):
+        low = msg.lower()
+        if (
+            "no_such_bucket" in low
+            or "nosuchbucket" in low
+            or ("bucket" in low and "not found" in low)
+        ):
+            hint = "the bucket does not exist (check the name and the region/endpoint)"
+        elif not _visible_credentials():
+            hint = "no AWS credentials were found in the environment or ~/.aws"
+        elif "access_denied" in low or "accessdenied" in low or "forbidden" in low or "403" in low:
+            hint = "access denied: the credentials in use may not read/write this bucket"
+        elif (
+            "credential" in low
+            or "invalid_access_key" in low
+            or "signature" in low
+            or "security token" in low
+        ):
+            hint = "the AWS credentials were rejected"
+        elif "connect" in low or "curl" in low or "network" in low:
+            hint = "the S3 endpoint could not be reached (AWS_ENDPOINT_URL, network)"
+        hint = (
+            f"{hint + '; ' if hint else ''}credentials come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+            "AWS_PROFILE or an instance role; AWS_ENDPOINT_URL points at another S3 server"
+        )
+    return StorageError(
+        f"cannot use {uri}: {msg.strip().splitlines()[0] if msg.strip() else type(err).__name__}"
+        + (f" ({hint})" if hint else "")
+    )
+
+
+def _visible_credentials() -> bool:
+    """Whether AWS credentials are configured where this process can see them (an instance role
+    cannot be seen from here, so False means 'probably none', not 'certainly none')."""
+    env = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+           "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")  # fmt: skip
+    if any(os.environ.get(k) for k in env):
+        return True
+    files = [
+        os.environ.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"),
+        os.environ.get("AWS_CONFIG_FILE", "~/.aws/config"),
+    ]
+    return any(Path(f).expanduser().is_file() for f in files)
+
+
+def check(uri: str | Path, writable: bool = False) -> None:
+    """Fail early and clearly if ``uri`` cannot be reached (and, with ``writable``, written)."""
+    fs, path = resolve(uri)
+    try:
+        fs.get_file_info(path)
+        if writable:
+            probe = f"{path.rstrip('/')}/{TMP_MARK}probe"
+            fs.create_dir(path, recursive=True)
+            with fs.open_output_stream(probe) as f:
+                f.write(b"")
+            fs.delete_file(probe)
+    except OSError as e:
+        raise explain(str(uri), e) from None
+
+
 def is_uri(path: str | Path) -> bool:
     return "://" in str(path)
 
@@ -83,13 +151,39 @@ def write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
 
 
 def download_dir(uri: str, dest: str | Path) -> Path:
-    """Copy a remote folder (a model directory) to a local one; a local path is returned as is."""
-    if not is_uri(uri):
-        return Path(uri)
+    """Copy a remote folder to a local one (each file once: files already there are kept)."""
     fs, root = resolve(uri)
     dest = Path(dest)
-    for rel in list_files(fs, root):
+    try:
+        files = list_files(fs, root)
+    except OSError as e:
+        raise explain(uri, e) from None
+    for rel in files:
         target = dest / rel
+        if target.is_file():
+            continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(read_bytes(fs, join(root, rel)))
+        tmp = target.with_name(f"{TMP_MARK}{uuid.uuid4().hex}")
+        tmp.write_bytes(read_bytes(fs, join(root, rel)))
+        os.replace(tmp, target)
     return dest
+
+
+def local_copy(uri: str) -> Path:
+    """A local folder with the contents of ``uri``: the path itself, or a per-node cache of it."""
+    if not is_uri(uri):
+        return Path(uri)
+    import hashlib
+    import tempfile
+
+    key = hashlib.sha1(uri.encode()).hexdigest()[:16]
+    return download_dir(uri, Path(tempfile.gettempdir()) / "colorjob-cache" / key)
+
+
+def upload_dir(src: str | Path, uri: str) -> None:
+    """Copy a local folder to ``uri`` (replacing files of the same name)."""
+    fs, root = resolve(uri)
+    src = Path(src)
+    for f in sorted(src.rglob("*")):
+        if f.is_file():
+            write_atomic(fs, join(root, f.relative_to(src).as_posix()), f.read_bytes())

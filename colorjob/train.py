@@ -41,6 +41,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from colorjob import config as cfgmod
+from colorjob import storage
 from colorjob.conditions import ConditionVocab
 from colorjob.data import DatasetError, PairDataset, load_splits, to_uint8, to_unit
 from colorjob.export import ModelError, export_generator
@@ -254,7 +255,8 @@ def train(
         state = load_checkpoint(ckpt_dir if resume is True else resume)
         _check_compatible(cfg, state)
     set_seed(cfg.seed)
-    train_ds, val_ds = load_splits(cfg.data, cfg.image_size, cfg.val_fraction, cfg.seed, cfg.split)
+    data_dir = storage.local_copy(cfg.data)  # a URI (s3://...) is fetched once per node
+    train_ds, val_ds = load_splits(data_dir, cfg.image_size, cfg.val_fraction, cfg.seed, cfg.split)
     if val_ds is None:
         raise DatasetError(
             f"{cfg.data}: no validation split (val_fraction={cfg.val_fraction}, "
@@ -608,6 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         ModelError,
         NonFiniteLossError,
         FileNotFoundError,
+        storage.StorageError,
     ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if not isinstance(e, NonFiniteLossError) else 1

@@ -28,6 +28,7 @@ from typing import Literal
 import pandas as pd
 
 from colorjob import config as cfgmod
+from colorjob import storage
 from colorjob.train import NonFiniteLossError, TrainConfig, train
 
 DISTRIBUTIONS = ("loguniform", "uniform", "quniform", "randint", "choice")
@@ -177,13 +178,18 @@ def build_tuner(cfg: TuneConfig, resume: bool = False):
         {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu},
     )
     path = experiment_path(cfg)
+    fs, inner = storage.resolve(path)
     if resume:
-        if not tune.Tuner.can_restore(path):
+        if not tune.Tuner.can_restore(inner, storage_filesystem=fs):
             raise cfgmod.ConfigError(
                 f"nothing to resume at {path}: no experiment was started there"
             )
         return tune.Tuner.restore(
-            path, trainable=trainable, resume_unfinished=True, resume_errored=False
+            inner,
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=False,
+            storage_filesystem=fs,
         )
     metric, mode = cfg.metric, "min"
     if cfg.searcher == "optuna":
@@ -224,7 +230,8 @@ def build_tuner(cfg: TuneConfig, resume: bool = False):
         ),
         run_config=tune.RunConfig(
             name=cfg.name,
-            storage_path=path.rsplit("/", 1)[0],
+            storage_path=inner.rsplit("/", 1)[0],
+            storage_filesystem=fs,  # endpoint and credentials resolved the colorjob way
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             verbose=1,
@@ -274,20 +281,25 @@ def _short_error(err) -> str:
     return msg[:300]
 
 
-def finish(results, cfg: TuneConfig) -> Path | None:
+def finish(results, cfg: TuneConfig) -> Path | str | None:
     """Write trials.csv and trials.png, export the best trial's generator; returns best/ path."""
     from colorjob.plots import plot_trials
 
-    exp = Path(experiment_path(cfg))
+    exp = experiment_path(cfg)
+    fs, root = storage.resolve(exp)
     table = summarize(results, cfg)
-    table.to_csv(exp / "trials.csv", index=False)
+    storage.write_atomic(fs, storage.join(root, "trials.csv"), table.to_csv(index=False).encode())
     curves = {
         row.trial_id: r.metrics_dataframe
         for row, r in zip(table.itertuples(), _in_order(results, table), strict=True)
         if r.metrics_dataframe is not None and "val_l1" in r.metrics_dataframe
     }
     if curves:
-        plot_trials(curves, exp / "trials.png", metric="val_l1")
+        with tempfile.TemporaryDirectory() as tmp:
+            plot_trials(curves, Path(tmp) / "trials.png", metric="val_l1")
+            storage.write_atomic(
+                fs, storage.join(root, "trials.png"), (Path(tmp) / "trials.png").read_bytes()
+            )
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(
             table.drop(columns=["error"]).to_string(index=False, float_format=lambda v: f"{v:.4g}")
@@ -309,12 +321,12 @@ def finish(results, cfg: TuneConfig) -> Path | None:
     if best.checkpoint is None:
         print("the best trial saved no checkpoint: nothing to export")
         return None
-    dest = exp / "best"
+    dest = storage.join(exp, "best")
     with best.checkpoint.as_directory() as d:
-        if dest.exists():
+        if not storage.is_uri(dest) and Path(dest).exists():
             shutil.rmtree(dest)
-        shutil.copytree(Path(d) / "best", dest)
-    return dest
+        storage.upload_dir(Path(d) / "best", dest)
+    return Path(dest) if not storage.is_uri(dest) else dest
 
 
 def _in_order(results, table: pd.DataFrame):
@@ -327,28 +339,38 @@ def _in_order(results, table: pd.DataFrame):
 
 def prepare_data(cfg: TuneConfig) -> TuneConfig:
     """Absolute data path (trials run elsewhere); generate a synthetic set if asked and missing."""
-    data = cfg.train.data
-    if "://" not in data:
-        data = str(Path(data).absolute())
-        if not (Path(data) / "metadata.csv").is_file() and cfg.generate_data is not None:
-            from colorjob import synth
+    data = (
+        cfg.train.data if storage.is_uri(cfg.train.data) else str(Path(cfg.train.data).absolute())
+    )
+    fs, root = storage.resolve(data)
+    missing = not storage.exists(fs, storage.join(root, "metadata.csv"))
+    if missing and cfg.generate_data is not None:
+        from colorjob import synth
 
-            g = cfg.generate_data
-            print(f"generating a synthetic dataset ({g.sketches} sketches, {g.size}px) in {data}")
+        g = cfg.generate_data
+        print(f"generating a synthetic dataset ({g.sketches} sketches, {g.size}px) in {data}")
+        if storage.is_uri(data):
+            with tempfile.TemporaryDirectory() as tmp:
+                storage.upload_dir(synth.generate(tmp, g.sketches, seed=g.seed, size=g.size), data)
+        else:
             synth.generate(data, g.sketches, seed=g.seed, size=g.size)
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, data=data))
 
 
-def run(cfg: TuneConfig, resume: bool = False) -> Path | None:
+def run(cfg: TuneConfig, resume: bool = False) -> Path | str | None:
     """Start (or resume) the search on the Ray that is there (or a local one); returns best/."""
     import ray
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     cfg = prepare_data(cfg)
-    if not cfg.train.data.startswith(("s3://", "gs://")):
-        from colorjob.data import read_metadata
+    from colorjob.data import read_metadata
 
+    storage.check(experiment_path(cfg), writable=True)  # a wrong bucket fails here, clearly
+    if storage.is_uri(cfg.train.data):
+        storage.check(cfg.train.data)
+        read_metadata(storage.local_copy(cfg.train.data))
+    else:
         read_metadata(cfg.train.data)  # a bad dataset fails here, not in every trial
     search_space(cfg)
     if not ray.is_initialized():
@@ -410,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
         best = run(cfg, resume=args.resume)
-    except (cfgmod.ConfigError, DatasetError) as e:
+    except (cfgmod.ConfigError, DatasetError, storage.StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0 if best is not None else 1

@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def cluster(tmp_path):
+@pytest.fixture(scope="module")
+def cluster():
     """A one-node Ray cluster whose jobs run this venv's python; stopped afterwards."""
     env = os.environ | {
         "RAY_AUTH_MODE": "disabled",  # the same for start and submit
@@ -34,8 +35,18 @@ def cluster(tmp_path):
         "--num-cpus=2", "--disable-usage-stats",
     ]  # fmt: skip
     subprocess.run(start, env=env, check=True, capture_output=True, timeout=180)
+    address = f"http://127.0.0.1:{dash}"
     try:
-        yield env, f"http://127.0.0.1:{dash}"
+        for _ in range(60):  # the job server comes up a little after `ray start` returns
+            ok = subprocess.run(
+                [str(BIN / "ray"), "job", "list", f"--address={address}"],
+                env=env,
+                capture_output=True,
+            )
+            if ok.returncode == 0:
+                break
+            time.sleep(1)
+        yield env, address
     finally:
         subprocess.run(
             [str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120
@@ -83,3 +94,27 @@ def test_ray_job_submit_runs_the_search(cluster, tmp_path, chars):
     assert "succeeded" in out.lower(), out[-4000:]
     assert (tmp_path / "results" / "job" / "best" / "generator.safetensors").is_file()
     assert (tmp_path / "results" / "job" / "trials.csv").is_file()
+
+
+def test_ray_job_submit_colorizes(cluster, tmp_path, chars, trained):
+    env, address = cluster
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    for i, rel in enumerate(["a.png", "sub/b.png"]):
+        (tmp_path / "in" / rel).write_bytes((chars / "sketches" / f"char_000{i}.png").read_bytes())
+    submit = [
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        f"--address={address}",
+        "--working-dir",
+        str(ROOT),
+        "--",
+    ]
+    job = ["python", "jobs/colorize.py", "--input", str(tmp_path / "in"), "--conditions", "configs/grid.csv",
+           "--model", str(Path(trained[0].out) / "best"), "--output", str(tmp_path / "out")]  # fmt: skip
+    r = subprocess.run([*submit, *job], env=env, capture_output=True, text=True, timeout=600)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "succeeded" in out.lower(), out[-4000:]
+    assert len(list((tmp_path / "out").rglob("*__*.png"))) == 2 * 25
+    assert (tmp_path / "out" / "sub" / "b__blue_purple.png").is_file()
+    assert (tmp_path / "out" / "manifest.parquet").is_file()
