@@ -271,7 +271,9 @@ class Colorizer:
 
         from colorjob.export import build_generator
 
-        meta, weights = ray.get(model_ref) if isinstance(model_ref, ray.ObjectRef) else model_ref
+        meta, weights = ray.get(
+            model_ref[0]
+        )  # a nested ref: fetched here, not a restart-fragile argument
         self.torch = torch
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.cuda = self.device.type == "cuda"
@@ -423,7 +425,7 @@ def _pipeline(cfg, meta, grid, input_root, outputs, jobs) -> pd.DataFrame:
         ray.init(configure_logging=True, logging_level="warning", log_to_driver=True)
     cpus = ray.cluster_resources().get("CPU", 1)
     gpus = ray.cluster_resources().get("GPU", 0)
-    model_ref = ray.put(read_model(cfg.model))
+    model_ref = [ray.put(read_model(cfg.model))]
     conditions = list(grid["index"])
     ds = ray.data.from_items(jobs, override_num_blocks=max(1, min(len(jobs), int(cpus) * 4)))
     ds = ds.map_batches(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -37,10 +38,17 @@ def export_generator(
     metrics: dict | None = None,
     config: dict | None = None,
     dtype: torch.dtype = torch.float32,
+    samples: str | Path | None = None,
 ) -> Path:
-    """Write ``out_dir/generator.safetensors`` and ``out_dir/model.json`` (atomically, each)."""
+    """Write ``out_dir/generator.safetensors`` and ``out_dir/model.json`` (atomically, each).
+
+    ``samples``: a picture of what the generator makes, kept beside it as ``samples.png``.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if samples is not None:
+        shutil.copyfile(samples, out / ".samples.png.tmp")
+        os.replace(out / ".samples.png.tmp", out / "samples.png")
     state = {
         k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
         for k, v in generator.state_dict().items()

@@ -357,10 +357,16 @@ def train(
             best = {"val_l1": val["val_l1"], "epoch": epoch}
         saved = None
         if main:
-            _samples(g_raw, grid, cfg, cl, out / "samples" / f"epoch_{epoch:03d}.png")
+            sample_png = out / "samples" / f"epoch_{epoch:03d}.png"
+            _samples(g_raw, grid, cfg, cl, sample_png)
             if is_best:
                 export_generator(
-                    g_raw, vocab, out / "best", metrics=row, config=cfgmod.to_dict(cfg)
+                    g_raw,
+                    vocab,
+                    out / "best",
+                    metrics=row,
+                    config=cfgmod.to_dict(cfg),
+                    samples=sample_png,
                 )
             if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs or is_best:
                 row["seconds"] = time.perf_counter() - t0

@@ -1,0 +1,192 @@
+"""An HTML report of a run, for a person: one page, its images in a folder beside it.
+
+``write_report(out, ...)`` copies the pictures into ``out/report_files/`` and writes
+``out/report.html``: the dataset's contact sheet, the trials table and curves, the best model's
+metrics and samples, the batch contact sheet and manifest summary. Open it in any browser; no
+network, no scripts from elsewhere. A few lines of inline script record (in ``data-*`` attributes
+of ``<body>``) whether every image loaded, so a headless browser can check the page.
+"""
+
+from __future__ import annotations
+
+import html
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;
+color:#1d2330;padding:0 1rem;line-height:1.45}
+h1{margin-bottom:.2rem}h2{margin-top:2.2rem;border-bottom:1px solid #dde3ea;padding-bottom:.3rem}
+.muted{color:#66707d}img{max-width:100%;border:1px solid #dde3ea;border-radius:6px;image-rendering:auto}
+table{border-collapse:collapse;font-size:.9rem;margin:.6rem 0}th,td{padding:.3rem .6rem;border-bottom:1px solid #e8ecf1;
+text-align:right}th{background:#f3f6f9}td:first-child,th:first-child{text-align:left}
+.cards{display:flex;gap:1rem;flex-wrap:wrap}.card{background:#f6f8fb;border-radius:8px;padding:.7rem 1rem;min-width:9rem}
+.card b{display:block;font-size:1.4rem}.ok{color:#1c7c3c}.bad{color:#b3261e}
+"""
+
+CHECK = """
+<script>
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var broken = imgs.filter(function (i) { return !i.complete || i.naturalWidth === 0; });
+  document.body.setAttribute('data-images', imgs.length);
+  document.body.setAttribute('data-broken', broken.map(function (i) { return i.getAttribute('src'); }).join(' '));
+  document.body.setAttribute('data-loaded', 'yes');
+});
+</script>
+"""
+
+
+def _table(df: pd.DataFrame) -> str:
+    return df.to_html(
+        index=False, border=0, na_rep="–", float_format=lambda v: f"{v:.4g}", escape=True
+    )
+
+
+def _img(files: Path, src: Path | None, name: str, alt: str, min_width: int = 0) -> str:
+    """Copy a picture beside the page and show it; small grids are scaled up, pixel-sharp."""
+    if src is None or not Path(src).is_file():
+        return f'<p class="muted">({html.escape(alt)}: not available)</p>'
+    shutil.copyfile(src, files / name)
+    style = ""
+    if min_width:
+        from PIL import Image
+
+        w = Image.open(src).size[0]
+        if w < min_width:
+            style = f' style="width:{min_width}px;image-rendering:pixelated"'
+    return f'<img src="{files.name}/{name}" alt="{html.escape(alt)}"{style}>'
+
+
+def _cards(items: list[tuple[str, str, str]]) -> str:
+    return (
+        '<div class="cards">'
+        + "".join(
+            f'<div class="card"><b class="{cls}">{html.escape(v)}</b>{html.escape(k)}</div>'
+            for k, v, cls in items
+        )
+        + "</div>"
+    )
+
+
+def write_report(
+    out: str | Path,
+    *,
+    title: str = "colorjob run",
+    dataset: Path | None = None,
+    trials_csv: Path | None = None,
+    trials_png: Path | None = None,
+    model_dir: Path | None = None,
+    batch_dir: Path | None = None,
+    notes: list[str] | None = None,
+) -> Path:
+    """Write ``out/report.html`` (and ``out/report_files/``); returns the page's path."""
+    out = Path(out)
+    files = out / "report_files"
+    files.mkdir(parents=True, exist_ok=True)
+    parts = [
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="muted">written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by colorjob</p>',
+    ]
+    if notes:
+        parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
+
+    if dataset is not None:
+        meta = pd.read_csv(dataset / "metadata.csv", dtype=str)
+        attrs = [c for c in meta.columns if c not in ("input", "output")]
+        parts += [
+            "<h2>Dataset</h2>",
+            f"<p>{meta['input'].nunique()} sketches × {len(meta) // max(1, meta['input'].nunique())} colourings = "
+            f"{len(meta)} pairs; conditions: "
+            + "; ".join(f"{a} ({', '.join(sorted(meta[a].unique()))})" for a in attrs)
+            + f'. <span class="muted">{html.escape(str(dataset))}</span></p>',
+            "<p class='muted'>Each row: the sketch, five colourings, the hair and shirt masks.</p>",
+            _img(files, dataset / "contact_sheet.png", "dataset.png", "dataset contact sheet"),
+        ]
+
+    if trials_csv is not None and Path(trials_csv).is_file():
+        trials = pd.read_csv(trials_csv)
+        counts = trials["status"].value_counts()
+        parts += [
+            "<h2>Search</h2>",
+            _cards(
+                [
+                    (k, str(int(counts.get(k, 0))), "ok" if k != "failed" else "bad")
+                    for k in ("completed", "stopped early", "failed")
+                ]
+            ),
+            _table(trials.drop(columns=[c for c in ("error",) if c in trials])),
+            "<p class='muted'>Validation L1 per epoch for every trial (ASHA stops the weak ones early).</p>",
+            _img(files, trials_png, "trials.png", "validation L1 per trial"),
+        ]
+
+    if model_dir is not None and (Path(model_dir) / "model.json").is_file():
+        import json
+
+        meta = json.loads((Path(model_dir) / "model.json").read_text())
+        m = meta.get("metrics", {})
+        cfg = meta.get("train_config", {})
+        fid = m.get("val_fidelity")
+        parts += [
+            "<h2>Best model</h2>",
+            _cards(
+                [
+                    ("validation L1", f"{m.get('val_l1', float('nan')):.4f}", "ok"),
+                    ("PSNR (dB)", f"{m.get('val_psnr', float('nan')):.2f}", "ok"),
+                    ("condition fidelity", "n/a" if fid is None else f"{fid:.0%}", "ok"),
+                    ("epoch", str(m.get("epoch", "?")), "ok"),
+                ]
+            ),
+            f"<p>{meta['image_size']} px, ngf {meta['ngf']}; lr_g {cfg.get('lr_g', 0):.3g}, lr_d {cfg.get('lr_d', 0):.3g}, "
+            f"λ_L1 {cfg.get('lambda_l1', 0):.3g}, λ_adv {cfg.get('lambda_adv', 0):.3g}; model id <code>{meta['model_id']}</code>. "
+            f'<span class="muted">{html.escape(str(model_dir))}</span></p>',
+            "<p class='muted'>Held-out sketches (first column) in five conditions, at the best epoch.</p>",
+            _img(
+                files,
+                Path(model_dir) / "samples.png",
+                "samples.png",
+                "best epoch samples",
+                min_width=720,
+            ),
+        ]
+
+    if batch_dir is not None and (Path(batch_dir) / "manifest.parquet").is_file():
+        manifest = pd.read_parquet(Path(batch_dir) / "manifest.parquet")
+        counts = manifest["status"].value_counts()
+        summary = (
+            manifest.groupby("status")
+            .agg(images=("output", "size"), sketches=("input", "nunique"))
+            .reset_index()
+        )
+        failed = manifest[manifest["status"] == "failed"].drop_duplicates("input")[
+            ["input", "error"]
+        ]
+        parts += [
+            "<h2>Batch colorization</h2>",
+            _cards(
+                [
+                    (k, str(int(counts.get(k, 0))), "bad" if k == "failed" else "ok")
+                    for k in ("ok", "skipped", "failed")
+                ]
+            ),
+            f"<p>{manifest['input'].nunique()} sketches × {manifest['variant'].nunique()} variants. "
+            f'<span class="muted">{html.escape(str(batch_dir))}</span></p>',
+            _table(summary),
+            (_table(failed) if len(failed) else ""),
+            "<p class='muted'>New sketches down the side, variants across.</p>",
+            _img(files, Path(batch_dir) / "contact_sheet.png", "batch.png", "batch contact sheet"),
+        ]
+
+    page = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
+        + "\n".join(parts)
+        + CHECK
+        + "</body></html>\n"
+    )
+    path = out / "report.html"
+    path.write_text(page)
+    return path
