@@ -257,7 +257,7 @@ def decode_batch(batch: dict, input_root: str, size: int, max_pixels: int, min_s
         except Exception as e:  # noqa: BLE001 - any bad file becomes a failed row, not a failed job
             errors.append(_reason(e))
     return {
-        "path": batch["path"], "todo": batch["todo"], "sketch": sketches, "box": boxes,
+        "path": batch["path"], "todo": batch["todo"], "outs": batch["outs"], "sketch": sketches, "box": boxes,
         "width": wh[:, 0], "height": wh[:, 1], "error": np.array(errors, dtype=object),
     }  # fmt: skip
 
@@ -286,6 +286,7 @@ class Colorizer:
     def __call__(self, batch: dict) -> dict:
         torch = self.torch
         todo = [[int(v) for v in t.split(",")] if t else [] for t in batch["todo"]]
+        out_paths = [o.split("\n") for o in batch["outs"]]
         ok = [i for i, e in enumerate(batch["error"]) if not e]
         pairs = [(i, v) for i in range(len(todo)) for v in todo[i]]
         images = np.full((len(pairs), self.size, self.size, 3), 255, np.uint8)
@@ -319,18 +320,19 @@ class Colorizer:
         return {
             "path": np.array([batch["path"][i] for i in src], dtype=object),
             "variant": np.array([v for _, v in pairs], dtype=np.int32),
+            "output": np.array([out_paths[i][todo[i].index(v)] for i, v in pairs], dtype=object),
             "image": images, "box": batch["box"][src] if pairs else np.zeros((0, 4), np.int32),
             "width": batch["width"][src], "height": batch["height"][src],
             "error": np.array(errors, dtype=object),
         }  # fmt: skip
 
 
-def encode_batch(batch: dict, output_root: str, outputs: dict, fmt: str) -> dict:
+def encode_batch(batch: dict, output_root: str, fmt: str) -> dict:
     fs, root = storage.resolve(output_root)
     pil_format, options = FORMATS[fmt]
     status, errors, out_rel, widths, heights = [], [], [], [], []
     for k in range(len(batch["path"])):
-        rel = outputs[f"{batch['path'][k]}\0{int(batch['variant'][k])}"]
+        rel = batch["output"][k]
         out_rel.append(rel)
         err = batch["error"][k]
         w, h = int(batch["width"][k]), int(batch["height"][k])
@@ -372,26 +374,26 @@ def plan(cfg: BatchConfig):
     existing = set(storage.list_files(ofs, oroot)) if storage.is_dir(ofs, oroot) else set()
     for stray in [f for f in existing if storage.TMP_MARK in f]:  # torn writes of a killed run
         ofs.delete_file(storage.join(oroot, stray))
-    outputs, jobs, skipped = {}, [], []
+    jobs, skipped = [], []
     for rel in sketches:
-        todo = []
+        todo, outs = [], []
         for v, variant in enumerate(grid["variant"]):
             out = output_rel(rel, variant, cfg.format, stems)
-            outputs[f"{rel}\0{v}"] = out
             if out in existing and not cfg.overwrite:
                 skipped.append(
                     {"input": rel, "output": out, "variant": v, "status": "skipped", "error": ""}
                 )
             else:
-                todo.append(v)
-        if todo:
-            jobs.append({"path": rel, "todo": ",".join(map(str, todo))})
-    return meta, vocab, grid, input_root, sketches, outputs, jobs, skipped
+                todo.append(str(v))
+                outs.append(out)
+        if todo:  # variant indices and their output paths travel with the sketch
+            jobs.append({"path": rel, "todo": ",".join(todo), "outs": "\n".join(outs)})
+    return meta, vocab, grid, input_root, sketches, jobs, skipped
 
 
 def run(cfg: BatchConfig) -> pd.DataFrame:
     """Colour everything; returns the manifest (also written to OUTPUT/manifest.parquet)."""
-    meta, vocab, grid, input_root, sketches, outputs, jobs, skipped = plan(cfg)
+    meta, vocab, grid, input_root, sketches, jobs, skipped = plan(cfg)
     t0 = time.perf_counter()
     total = len(sketches) * len(grid)
     print(
@@ -400,7 +402,7 @@ def run(cfg: BatchConfig) -> pd.DataFrame:
     )
     rows = [pd.DataFrame(skipped)] if skipped else []
     if jobs:
-        rows.append(_pipeline(cfg, meta, grid, input_root, outputs, jobs))
+        rows.append(_pipeline(cfg, meta, grid, input_root, jobs))
     manifest = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
     manifest = _finish_manifest(manifest, cfg, grid, meta)
     ok, sk, failed = (int((manifest["status"] == s).sum()) for s in ("ok", "skipped", "failed"))
@@ -417,7 +419,7 @@ def run(cfg: BatchConfig) -> pd.DataFrame:
     return manifest
 
 
-def _pipeline(cfg, meta, grid, input_root, outputs, jobs) -> pd.DataFrame:
+def _pipeline(cfg, meta, grid, input_root, jobs) -> pd.DataFrame:
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -452,7 +454,7 @@ def _pipeline(cfg, meta, grid, input_root, outputs, jobs) -> pd.DataFrame:
         batch_size=per_call, batch_format="numpy", compute=compute, **resources,
     )  # fmt: skip
     ds = ds.map_batches(
-        encode_batch, fn_kwargs={"output_root": cfg.output, "outputs": outputs, "fmt": cfg.format},
+        encode_batch, fn_kwargs={"output_root": cfg.output, "fmt": cfg.format},
         batch_size=32, batch_format="numpy", num_cpus=1,
     )  # fmt: skip
     parts = [pd.DataFrame(b) for b in ds.iter_batches(batch_format="pandas", batch_size=None)]
