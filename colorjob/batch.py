@@ -43,7 +43,7 @@ from colorjob import config as cfgmod
 from colorjob import storage
 from colorjob.conditions import ConditionVocab
 from colorjob.data import to_rgb
-from colorjob.export import ModelError, read_model, read_model_info
+from colorjob.export import DEFAULT_MODEL, ModelError, read_model, read_model_info
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 FORMATS = {
@@ -59,7 +59,7 @@ PAPER = (255, 255, 255)
 class BatchConfig:
     input: str = "sketches"  # folder or URI of sketches (searched recursively)
     conditions: str = "configs/grid.csv"  # the grid: one row per variant
-    model: str = "runs/cpu/best"  # exported generator folder or URI
+    model: str = str(DEFAULT_MODEL)  # exported generator folder or URI (default: the shipped one)
     output: str = "out"  # folder or URI for images, manifest and contact sheet
     batch_size: int = 64  # images per generator call
     format: Literal["png", "webp", "jpg"] = "png"
@@ -575,7 +575,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--input", help="folder (or URI) of sketches, searched recursively; or one image"
     )
     p.add_argument("--conditions", help="grid CSV: one row per colour variant")
-    p.add_argument("--model", help="exported generator folder (train's OUT/best, tune's best/)")
+    p.add_argument(
+        "--model",
+        help="exported generator folder (train's OUT/best, tune's best/); default: the shipped model",
+    )
     p.add_argument("--output", help="folder (or URI) for the images, manifest and contact sheet")
     p.add_argument("--batch-size", type=int, help="images per generator call (default 64)")
     p.add_argument("--format", choices=list(FORMATS), help="output image format (default png)")

@@ -22,6 +22,26 @@ def save_grid(images: torch.Tensor, path: str | Path, ncol: int, pad: int = 2) -
     return path
 
 
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    """Write a figure atomically (readers never see half a PNG) and free it."""
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    _pyplot().close(fig)
+    os.replace(tmp, path)
+    return path
+
+
 def plot_curves(
     rows: Sequence[dict],
     path: str | Path,
@@ -29,11 +49,7 @@ def plot_curves(
     x: str = "epoch",
 ) -> Path:
     """One panel per ``(title, [columns])``, each column a line over ``x``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     xs = [r[x] for r in rows]
     for ax, (title, cols) in zip(axes[0], panels, strict=True):
@@ -47,22 +63,12 @@ def plot_curves(
         ax.set_xlabel(x)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return _save(fig, path)
 
 
 def plot_trials(curves: dict, path: str | Path, metric: str = "val_l1", x: str = "epoch") -> Path:
     """One line per trial: ``curves`` maps a trial name to a DataFrame with ``x`` and ``metric``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for name, df in curves.items():
         ax.plot(df[x], df[metric], marker="o", ms=3, label=str(name))
@@ -73,10 +79,4 @@ def plot_trials(curves: dict, path: str | Path, metric: str = "val_l1", x: str =
     ax.grid(alpha=0.3, which="both")
     if len(curves) <= 16:
         ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return _save(fig, path)

@@ -1,3 +1,6 @@
+import os
+import socket
+
 import pytest
 
 from colorjob import synth
@@ -38,3 +41,20 @@ def trained(tiny_cfg):
 
     cfg = tiny_cfg()
     return cfg, train(cfg)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A real local Ray with this machine's 2 CPUs, for one test module."""
+    import ray
+
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    yield
+    ray.shutdown()

@@ -1,6 +1,5 @@
 """Batch colorization on real Ray Data with a tiny model trained in a fixture."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import ray
 from PIL import Image
 
 from colorjob.batch import BatchConfig, BatchError, read_grid, run, safe_name
@@ -16,14 +14,6 @@ from colorjob.conditions import ConditionVocab
 from colorjob.export import read_model_info
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """End to end on a real Ray cluster: `ray start --head` on loopback, `ray job submit`, `ray stop`."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -9,15 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +22,9 @@ def cluster():
         "RAY_USAGE_STATS_ENABLED": "0",
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # the job's `python`
     }
-    dash = _free_port()
+    dash = free_port()
     start = [
-        str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
+        str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
         "--num-cpus=2", "--disable-usage-stats",
     ]  # fmt: skip
@@ -53,6 +47,22 @@ def cluster():
         )
 
 
+def submit(env: dict, address: str, entrypoint: list[str]) -> None:
+    """`ray job submit --working-dir .` and wait; the job must end SUCCEEDED."""
+    cmd = [
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        f"--address={address}",
+        "--working-dir",
+        str(ROOT),
+        "--",
+    ]
+    r = subprocess.run([*cmd, *entrypoint], env=env, capture_output=True, text=True, timeout=600)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "succeeded" in out.lower(), out[-4000:]
+
+
 def test_ray_job_submit_runs_the_search(cluster, tmp_path, chars):
     env, address = cluster
     spec = {
@@ -73,25 +83,7 @@ def test_ray_job_submit_runs_the_search(cluster, tmp_path, chars):
     }
     cfg = tmp_path / "job.yaml"
     cfg.write_text(yaml.safe_dump(spec))
-    submit = [
-        str(BIN / "ray"),
-        "job",
-        "submit",
-        f"--address={address}",
-        "--working-dir",
-        str(ROOT),
-        "--",
-    ]
-    r = subprocess.run(
-        [*submit, "python", "jobs/tune.py", "--config", str(cfg)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    out = r.stdout + r.stderr
-    assert r.returncode == 0, out[-4000:]
-    assert "succeeded" in out.lower(), out[-4000:]
+    submit(env, address, ["python", "jobs/tune.py", "--config", str(cfg)])
     assert (tmp_path / "results" / "job" / "best" / "generator.safetensors").is_file()
     assert (tmp_path / "results" / "job" / "trials.csv").is_file()
 
@@ -101,20 +93,9 @@ def test_ray_job_submit_colorizes(cluster, tmp_path, chars, trained):
     (tmp_path / "in" / "sub").mkdir(parents=True)
     for i, rel in enumerate(["a.png", "sub/b.png"]):
         (tmp_path / "in" / rel).write_bytes((chars / "sketches" / f"char_000{i}.png").read_bytes())
-    submit = [
-        str(BIN / "ray"),
-        "job",
-        "submit",
-        f"--address={address}",
-        "--working-dir",
-        str(ROOT),
-        "--",
-    ]
     job = ["python", "jobs/colorize.py", "--input", str(tmp_path / "in"), "--conditions", "configs/grid.csv",
            "--model", str(Path(trained[0].out) / "best"), "--output", str(tmp_path / "out")]  # fmt: skip
-    r = subprocess.run([*submit, *job], env=env, capture_output=True, text=True, timeout=600)
-    out = r.stdout + r.stderr
-    assert r.returncode == 0 and "succeeded" in out.lower(), out[-4000:]
+    submit(env, address, job)
     assert len(list((tmp_path / "out").rglob("*__*.png"))) == 2 * 25
     assert (tmp_path / "out" / "sub" / "b__blue_purple.png").is_file()
     assert (tmp_path / "out" / "manifest.parquet").is_file()

@@ -2,11 +2,11 @@
 
 import json
 import os
-import socket
 
 import pandas as pd
 import pytest
 import ray
+from conftest import free_port
 
 from colorjob import config as cfgmod
 from colorjob import storage
@@ -18,12 +18,6 @@ from colorjob.tune import run as tune_run
 BUCKET = "colorjob"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3():
     """An S3 server that checks credentials, a user allowed everything, a bucket; Ray sees the env."""
@@ -31,7 +25,7 @@ def s3():
     os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "4"  # IAM set-up calls, then every call is checked
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     url = f"http://127.0.0.1:{port}"

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import ray
 import torch
 import yaml
 
@@ -20,14 +19,6 @@ from colorjob.export import load_generator
 from colorjob.tune import TuneConfig, run, search_space
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def tiny(tmp_path, chars, **kw) -> dict:
