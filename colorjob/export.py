@@ -55,6 +55,7 @@ def export_generator(
     }
     tmp = out / f".{WEIGHTS}.tmp"
     save_file(state, str(tmp))
+    os.chmod(tmp, 0o644)
     os.replace(tmp, out / WEIGHTS)
     meta = {
         "format": FORMAT,
@@ -190,6 +191,8 @@ How it was made:
 
     {commands}
 
+`samples.png`: held-out characters (first column) in five conditions at the exported epoch.
+
 Limits: it has only seen colorjob's synthetic characters (bust portraits, black line art on white,
 five hair and five shirt colours); sketches of other kinds get plausible but unreliable colours.
 """
@@ -203,6 +206,12 @@ def ship(model_dir: str | Path, dest: str | Path, device: str, commands: list[st
         g, vocab, dest, metrics=meta["metrics"], config=meta["train_config"], dtype=torch.float16,
         samples=samples if samples.is_file() else None,
     )  # fmt: skip
+    if (out / "samples.png").is_file():  # a light preview: the package stays small
+        from PIL import Image
+
+        preview = Image.open(out / "samples.png").convert("RGB")
+        preview.thumbnail((780, 780))
+        preview.save(out / "samples.png", optimize=True)
     info = read_model_info(out)
     m, cfg = info["metrics"], info["train_config"]
     data_meta = Path(cfg.get("data", "")) / "metadata.csv"

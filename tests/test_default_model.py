@@ -1,0 +1,66 @@
+"""The shipped default generator: small, documented, and as good as its card says."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from colorjob import synth
+from colorjob.data import PairDataset, to_uint8
+from colorjob.export import DEFAULT_MODEL, WEIGHTS, load_generator
+from colorjob.metrics import fidelity_hits
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_model_is_small_fp16_and_has_a_card():
+    weights = DEFAULT_MODEL / WEIGHTS
+    assert weights.stat().st_size <= 5 * 1024 * 1024
+    with safe_open(str(weights), "pt") as f:
+        tensors = [f.get_tensor(k) for k in f.keys()]  # noqa: SIM118 - safe_open is not a dict
+    dtypes = {t.dtype for t in tensors if t.is_floating_point()}
+    assert dtypes == {torch.float16}
+    meta = json.loads((DEFAULT_MODEL / "model.json").read_text())
+    card = (DEFAULT_MODEL / "MODEL_CARD.md").read_text()
+    assert f"{meta['metrics']['val_l1']:.4f}" in card and meta["model_id"] in card
+    assert "python -m colorjob.train" in card
+
+
+def test_fidelity_on_new_characters_is_no_worse_than_the_card(tmp_path):
+    g, vocab, meta = load_generator(DEFAULT_MODEL)
+    size = meta["image_size"]
+    ds = PairDataset(synth.generate(tmp_path / "new", 3, seed=777, size=size, workers=1), size)
+    t = ds.tensors()
+    with torch.inference_mode():
+        fakes = []
+        for i in range(0, len(ds), 25):
+            idx = torch.arange(i, min(i + 25, len(ds)))
+            sk = t["sketches"][t["sketch_index"][idx]].float() / 127.5 - 1
+            fakes.append(to_uint8(g(torch.cat([sk, vocab.planes(t["conditions"][idx], size)], 1))))
+    masks = [{a: ds.mask(s, a) for a in vocab.names} for s in ds.metadata["input"]]
+    fidelity = fidelity_hits(torch.cat(fakes), t["conditions"], masks, vocab).float().mean().item()
+    assert fidelity >= meta["metrics"]["val_fidelity"] - 0.1, (
+        fidelity,
+        meta["metrics"]["val_fidelity"],
+    )
+
+
+def test_batch_works_out_of_the_box_on_the_examples(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "colorjob.batch", "--input", "examples/sketches", "--conditions", "configs/grid.csv", "--output", str(tmp_path / "out")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    m = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
+    examples = sorted(p.name for p in (ROOT / "examples" / "sketches").iterdir())
+    assert len(m) == len(examples) * 25 and (m["status"] == "ok").all()
+    for r in m.drop_duplicates("input").itertuples():
+        assert (
+            Image.open(tmp_path / "out" / r.output).size
+            == Image.open(ROOT / "examples" / "sketches" / r.input).size
+        )
