@@ -75,7 +75,9 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--sketches", type=int, default=120, help="3,000 images: enough to amortise start-up")
+    p.add_argument(
+        "--sketches", type=int, default=120, help="3,000 images: enough to amortise start-up"
+    )
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--ngf", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=64)
