@@ -620,6 +620,10 @@ def main(argv: list[str] | None = None) -> int:
     ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if not isinstance(e, NonFiniteLossError) else 1
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # one summary, not one per process
+        return 0
     if summary["best"]:
         b = summary["best"]
         fid = "n/a" if b["val_fidelity"] is None else f"{b['val_fidelity']:.3f}"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -244,7 +245,7 @@ def summarize(results, cfg: TuneConfig) -> pd.DataFrame:
     rows = []
     for r in results:
         df = r.metrics_dataframe
-        row = {"trial_id": (r.metrics or {}).get("trial_id") or Path(r.path).name.split("_")[-2]}
+        row = {"trial_id": _trial_id(r)}
         row |= {k: r.config.get(k) for k in cfg.search}
         if df is not None and len(df) and cfg.metric in df:
             best = df.loc[df[cfg.metric].idxmin()]
@@ -271,6 +272,15 @@ def summarize(results, cfg: TuneConfig) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(
         cfg.metric if cfg.metric in rows[0] else "val_l1", na_position="last"
     )
+
+
+def _trial_id(result) -> str:
+    """Tune's trial id (``3bde1e76``); from the trial folder's name if it never reported."""
+    tid = (result.metrics or {}).get("trial_id")
+    if tid:
+        return str(tid)
+    m = re.match(r"train_gan_([0-9a-f]+_\d+)", Path(result.path).name)
+    return m.group(1) if m else Path(result.path).name
 
 
 def _short_error(err) -> str:
@@ -330,10 +340,7 @@ def finish(results, cfg: TuneConfig) -> Path | str | None:
 
 
 def _in_order(results, table: pd.DataFrame):
-    by_id = {}
-    for r in results:
-        tid = (r.metrics or {}).get("trial_id") or Path(r.path).name.split("_")[-2]
-        by_id[tid] = r
+    by_id = {_trial_id(r): r for r in results}
     return [by_id[t] for t in table["trial_id"]]
 
 

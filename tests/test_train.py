@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -6,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import free_port
 from PIL import Image
 
 from colorjob import config as cfgmod
@@ -243,3 +245,20 @@ def test_lsgan_and_lr_decay_run(tiny_cfg, tmp_path):
 def test_unit_range_helpers():
     x = torch.tensor([0, 255], dtype=torch.uint8)
     assert to_unit(x).tolist() == [-1.0, 1.0]
+
+
+def test_the_same_loop_runs_distributed_on_two_cpu_processes(tiny_cfg, tmp_path):
+    """DDP over gloo (what `accelerate launch` does on several GPUs): no_sync, reduce, one writer."""
+    cfg = tiny_cfg(out=tmp_path / "ddp")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+        "-m", "colorjob.train", "--data", cfg.data, "--out", cfg.out, "--image-size", "32", "--epochs", "2",
+        "--set", "ngf=8", "--set", "ndf=8", "--set", "val_fraction=0.25",
+    ]  # fmt: skip
+    env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "device cpu:0 x2" in r.stdout
+    assert r.stdout.count("best epoch") == 1  # one summary, not one per process
+    assert pd.read_csv(tmp_path / "ddp" / "metrics.csv")["epoch"].tolist() == [1, 2]
+    assert load_checkpoint(tmp_path / "ddp" / "checkpoints")["epoch"] == 2
