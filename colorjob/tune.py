@@ -202,7 +202,13 @@ def build_tuner(cfg: TuneConfig, resume: bool = False):
             metric=metric,
             mode=mode,
             points_to_evaluate=start,
-            sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+            sampler=optuna.samplers.TPESampler(
+                seed=cfg.seed,
+                # Optuna's default waits for 10 random trials before TPE models anything: with
+                # the small budgets of a search like this, start modelling after a third of them.
+                n_startup_trials=max(2, min(10, cfg.num_samples // 3)),
+                multivariate=True,  # learning rates and loss weights interact
+            ),
         )
     else:
         from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -212,7 +218,7 @@ def build_tuner(cfg: TuneConfig, resume: bool = False):
         ASHAScheduler(
             time_attr="training_iteration",
             max_t=cfg.train.epochs,
-            grace_period=cfg.scheduler.grace_period,
+            grace_period=min(cfg.scheduler.grace_period, cfg.train.epochs),  # --epochs 2 still runs
             reduction_factor=cfg.scheduler.reduction_factor,
         )
         if cfg.scheduler.asha
