@@ -617,9 +617,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = cfgmod.load(
             BatchConfig,
             args.config,
-            cfgmod.merge(
-                {k: v for k, v in flags.items() if v is not None}, cfgmod.parse_overrides(args.set)
-            ),
+            cfgmod.cli_overrides(flags, args.set),
         )
         manifest = run(cfg)
     except (BatchError, ModelError, cfgmod.ConfigError, storage.StorageError) as e:

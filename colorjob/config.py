@@ -141,6 +141,21 @@ def parse_overrides(items: list[str] | None) -> dict:
     return out
 
 
+def cli_overrides(flags: dict, sets: list[str] | None) -> dict:
+    """Overrides from a command line: the flags that were given (None = not given, nested dicts
+    for nested configs) and then the ``--set key=value`` items, which win."""
+
+    def given(d: dict) -> dict:
+        out = {}
+        for k, v in d.items():
+            v = given(v) if isinstance(v, dict) else v
+            if v is not None and v != {}:
+                out[k] = v
+        return out
+
+    return merge(given(flags), parse_overrides(sets))
+
+
 def merge(base: dict, extra: dict) -> dict:
     """Deep merge of plain dicts; ``extra`` wins."""
     out = dict(base)

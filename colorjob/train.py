@@ -592,9 +592,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         "data": args.data, "out": args.out, "epochs": args.epochs, "image_size": args.image_size,
         "batch_size": args.batch_size, "seed": args.seed, "mixed_precision": args.mixed_precision,
     }  # fmt: skip
-    overrides = cfgmod.merge(
-        {k: v for k, v in flags.items() if v is not None}, cfgmod.parse_overrides(args.set)
-    )
+    overrides = cfgmod.cli_overrides(flags, args.set)
     if args.resume:
         # Resume with the run's own config; only what is given on this command line changes.
         out = overrides.get("out") or cfgmod.load(TrainConfig, args.config).out

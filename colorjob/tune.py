@@ -430,12 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args) -> TuneConfig:
     flags = {
         "storage_path": args.storage_path, "name": args.name, "num_samples": args.num_samples,
-        "train": {k: v for k, v in {"data": args.data, "epochs": args.epochs, "image_size": args.image_size}.items() if v is not None},
+        "train": {"data": args.data, "epochs": args.epochs, "image_size": args.image_size},
     }  # fmt: skip
-    flags = {k: v for k, v in flags.items() if v not in (None, {})}
-    return cfgmod.load(
-        TuneConfig, args.config, cfgmod.merge(flags, cfgmod.parse_overrides(args.set))
-    )
+    return cfgmod.load(TuneConfig, args.config, cfgmod.cli_overrides(flags, args.set))
 
 
 def main(argv: list[str] | None = None) -> int:
