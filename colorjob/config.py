@@ -111,8 +111,9 @@ def from_dict(cls: type[T], data: dict | None, where: str = "config") -> T:
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in data if k not in names]
     if unknown:
+        prefix = "" if where == "config" else f"{where}: "
         raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(map(str, unknown))}; valid keys: {', '.join(names)}"
+            f"{prefix}unknown key(s) {', '.join(map(str, unknown))}; valid keys: {', '.join(names)}"
         )
     kwargs = {
         k: _coerce(v, hints[k], f"{where}.{k}" if where != "config" else k) for k, v in data.items()
