@@ -1,5 +1,6 @@
 """Batch colorization on real Ray Data with a tiny model trained in a fixture."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -235,3 +236,47 @@ def test_shipped_grid_has_all_25_seed_combinations(model):
     vocab = ConditionVocab.from_dict(read_model_info(model)["conditions"])
     g = read_grid(str(ROOT / "configs" / "grid.csv"), vocab)
     assert len(g) == 25 and len(g[["hair", "shirt"]].drop_duplicates()) == 25
+
+
+def test_a_job_killed_midway_and_rerun_ends_with_every_output_once(
+    local_ray, tmp_path, chars, model
+):
+    import signal
+    import time
+
+    src = Image.open(chars / "sketches" / "char_0001.png")
+    (tmp_path / "in").mkdir()
+    for i in range(24):
+        src.rotate(i * 15, fillcolor="white").save(tmp_path / "in" / f"s{i:02d}.png")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "colorjob.batch", "--input", str(tmp_path / "in"), "--conditions",
+           str(ROOT / "configs" / "grid.csv"), "--model", model, "--output", str(out)]  # fmt: skip
+    env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0"}
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and len(list(out.rglob("*__*.png"))) < 40:
+        time.sleep(0.1)
+    assert proc.poll() is None, "the job ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver, its local Ray and the workers: no clean-up
+    proc.wait()
+    written = len(list(out.rglob("*__*.png")))
+    assert 40 <= written < 24 * 25 and not (out / "manifest.parquet").exists()
+    m = run(
+        BatchConfig(
+            input=str(tmp_path / "in"),
+            conditions=str(ROOT / "configs" / "grid.csv"),
+            model=model,
+            output=str(out),
+        )
+    )
+    assert len(m) == 24 * 25 and set(m["status"]) <= {"ok", "skipped"}
+    assert (
+        m["status"] == "skipped"
+    ).sum() >= written - 64  # at most one batch in flight was torn down
+    assert len(m[["input", "variant"]].drop_duplicates()) == 24 * 25
+    files = sorted(out.rglob("*__*.png"))
+    assert len(files) == 24 * 25 and not list(out.rglob(".colorjob-tmp-*"))
+    for f in files:  # no torn image survived the kill
+        Image.open(f).load()
