@@ -37,12 +37,12 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps
+from PIL import Image
 
 from colorjob import config as cfgmod
 from colorjob import storage
 from colorjob.conditions import ConditionVocab
-from colorjob.data import to_rgb
+from colorjob.data import load_rgb
 from colorjob.export import DEFAULT_MODEL, ModelError, read_model, read_model_info
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -214,16 +214,7 @@ def decode_sketch(
     data: bytes, size: int, max_pixels: int, min_side: int
 ) -> tuple[np.ndarray, tuple, int, int]:
     """Bytes -> (letterboxed ``size`` x ``size`` RGB, content box, width, height); raises on bad input."""
-    if not data:
-        raise ValueError("empty file (0 bytes)")
-    img = Image.open(io.BytesIO(data))
-    w, h = img.size
-    if w * h > max_pixels:
-        raise ValueError(
-            f"image is {w}x{h} = {w * h / 1e6:.0f} MP, over the {max_pixels / 1e6:.0f} MP limit (max_pixels)"
-        )
-    img.load()
-    img = to_rgb(ImageOps.exif_transpose(img))
+    img = load_rgb(data, max_pixels)
     w, h = img.size
     if min(w, h) < min_side:
         raise ValueError(f"image is {w}x{h}: too small to colour (min_side={min_side})")
@@ -543,8 +534,7 @@ def _contact_sheet(
     sheet = Image.new("RGB", ((len(variants) + 1) * thumb, len(sketches) * thumb), "white")
 
     def tile(fs, path):
-        img = to_rgb(Image.open(io.BytesIO(storage.read_bytes(fs, path))))
-        return Image.fromarray(letterbox(img, thumb)[0])
+        return Image.fromarray(letterbox(load_rgb(storage.read_bytes(fs, path)), thumb)[0])
 
     for r, sk in enumerate(sketches):
         sheet.paste(tile(fs_in, storage.join(input_root, sk)), (0, r * thumb))

@@ -43,9 +43,19 @@ def to_rgb(img: Image.Image, background=(255, 255, 255)) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_rgb(source: str | Path | bytes) -> Image.Image:
-    """Open a file or bytes, honour EXIF orientation, return RGB."""
+def load_rgb(source: str | Path | bytes, max_pixels: int | None = None) -> Image.Image:
+    """Open a file or bytes, honour EXIF orientation, return RGB.
+
+    ``max_pixels``: refuse (ValueError) larger images from their header, before decoding them.
+    """
+    if isinstance(source, bytes | bytearray) and not source:
+        raise ValueError("empty file (0 bytes)")
     img = Image.open(io.BytesIO(source) if isinstance(source, bytes | bytearray) else source)
+    w, h = img.size
+    if max_pixels is not None and w * h > max_pixels:
+        raise ValueError(
+            f"image is {w}x{h} = {w * h / 1e6:.0f} MP, over the {max_pixels / 1e6:.0f} MP limit (max_pixels)"
+        )
     img.load()
     return to_rgb(ImageOps.exif_transpose(img))
 
