@@ -47,16 +47,15 @@ def export_generator(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if samples is not None:
-        shutil.copyfile(samples, out / ".samples.png.tmp")
-        os.replace(out / ".samples.png.tmp", out / "samples.png")
+        with storage.replacing(out / "samples.png") as tmp:
+            shutil.copyfile(samples, tmp)
     state = {
         k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
         for k, v in generator.state_dict().items()
     }
-    tmp = out / f".{WEIGHTS}.tmp"
-    save_file(state, str(tmp))
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out / WEIGHTS)
+    with storage.replacing(out / WEIGHTS) as tmp:
+        save_file(state, str(tmp))
+        os.chmod(tmp, 0o644)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -70,9 +69,8 @@ def export_generator(
         "metrics": metrics or {},
         "train_config": config or {},
     }
-    tmp = out / f".{META}.tmp"
-    tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    os.replace(tmp, out / META)
+    with storage.replacing(out / META) as tmp:
+        tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return out
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,15 +9,16 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
+from colorjob.storage import replacing
+
 
 def save_grid(images: torch.Tensor, path: str | Path, ncol: int, pad: int = 2) -> Path:
     """``(N, 3, H, W)`` uint8 images -> one PNG grid with ``ncol`` columns (row-major)."""
     grid = make_grid(images.cpu(), nrow=ncol, padding=pad, pad_value=255)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
     return path
 
 
@@ -35,10 +35,9 @@ def _save(fig, path: str | Path) -> Path:
     """Write a figure atomically (readers never see half a PNG) and free it."""
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     _pyplot().close(fig)
-    os.replace(tmp, path)
     return path
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -136,15 +138,26 @@ def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
         return f.read()
 
 
+@contextmanager
+def replacing(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path``, renamed onto it when the block ends without error:
+    readers see the old file or the whole new one, never half of it."""
+    path = Path(path)
+    tmp = path.with_name(f"{TMP_MARK}{uuid.uuid4().hex}-{path.name}")  # keeps the extension
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     """Write so that a reader never sees half a file: temp + rename locally; a single PUT on S3."""
     parent = path.rsplit("/", 1)[0]
     fs.create_dir(parent, recursive=True)
     if isinstance(fs, pafs.LocalFileSystem):
-        tmp = f"{parent}/{TMP_MARK}{uuid.uuid4().hex}-{path.rsplit('/', 1)[-1]}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            tmp.write_bytes(data)
     else:  # object stores make an upload visible all at once
         with fs.open_output_stream(path) as f:
             f.write(data)
@@ -163,9 +176,8 @@ def download_dir(uri: str, dest: str | Path) -> Path:
         if target.is_file():
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f"{TMP_MARK}{uuid.uuid4().hex}")
-        tmp.write_bytes(read_bytes(fs, join(root, rel)))
-        os.replace(tmp, target)
+        with replacing(target) as tmp:
+            tmp.write_bytes(read_bytes(fs, join(root, rel)))
     return dest
 
 

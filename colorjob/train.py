@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import os
 import shutil
 import sys
 import tempfile
@@ -162,9 +161,8 @@ class DeviceSet:
 
 # ---- checkpoints -------------------------------------------------------------------------------
 def _save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with storage.replacing(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -384,8 +382,8 @@ def train(
                     ckpt_dir / "last.pt",
                 )  # fmt: skip
                 if is_best:
-                    shutil.copyfile(ckpt_dir / "last.pt", ckpt_dir / ".best.pt.tmp")
-                    os.replace(ckpt_dir / ".best.pt.tmp", ckpt_dir / "best.pt")
+                    with storage.replacing(ckpt_dir / "best.pt") as tmp:
+                        shutil.copyfile(ckpt_dir / "last.pt", tmp)
                 saved = ckpt_dir
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
@@ -527,13 +525,11 @@ def _samples(g, grid: dict, cfg: TrainConfig, cl: bool, path: Path) -> None:
 
 
 def _write_metrics(history: list[dict], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with storage.replacing(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
         w.writeheader()
         for h in history:
             w.writerow({k: ("" if h.get(k) is None else h[k]) for k in METRIC_COLUMNS})
-    os.replace(tmp, path)
 
 
 # ---- command line ------------------------------------------------------------------------------
