@@ -25,7 +25,6 @@ ok|skipped|failed, error, one column per attribute, variant, model_id, width, he
 
 from __future__ import annotations
 
-import argparse
 import io
 import re
 import sys
@@ -39,11 +38,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from colorjob import config as cfgmod
-from colorjob import storage
+from colorjob import cli, storage
 from colorjob.conditions import ConditionVocab
-from colorjob.data import load_rgb
-from colorjob.export import DEFAULT_MODEL, ModelError, read_model, read_model_info
+from colorjob.errors import ColorjobError
+from colorjob.export import DEFAULT_MODEL, read_model, read_model_info
+from colorjob.imaging import letterbox, load_rgb
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 FORMATS = {
@@ -72,7 +71,7 @@ class BatchConfig:
     contact_sheet: bool = True
 
 
-class BatchError(ValueError):
+class BatchError(ColorjobError, ValueError):
     """A problem found before any work starts (grid, model, input)."""
 
 
@@ -199,17 +198,6 @@ def list_sketches(cfg: BatchConfig) -> tuple[str, list[str]]:
 
 
 # ---- pipeline stages (run in Ray workers) --------------------------------------------------------
-def letterbox(img: Image.Image, size: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """Fit ``img`` on a white ``size`` square keeping its aspect; returns pixels and content box."""
-    w, h = img.size
-    scale = size / max(w, h)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    canvas = Image.new("RGB", (size, size), PAPER)
-    x0, y0 = (size - nw) // 2, (size - nh) // 2
-    canvas.paste(img.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0), (x0, y0))
-    return np.asarray(canvas), (x0, y0, x0 + nw, y0 + nh)
-
-
 def decode_sketch(
     data: bytes, size: int, max_pixels: int, min_side: int
 ) -> tuple[np.ndarray, tuple, int, int]:
@@ -261,20 +249,18 @@ class Colorizer:
         import torch
 
         from colorjob.export import build_generator
+        from colorjob.inference import prepare
 
-        meta, weights = ray.get(
-            model_ref[0]
-        )  # a nested ref: fetched here, not a restart-fragile argument
+        meta, weights = ray.get(model_ref[0])  # a nested ref: fetched here, not a restart-fragile argument
         self.torch = torch
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.cuda = self.device.type == "cuda"
-        g, vocab = build_generator(meta, weights, self.device)
-        if self.cuda:
-            g = g.to(memory_format=torch.channels_last)
-        self.g, self.batch_size, self.size = g, batch_size, meta["image_size"]
-        self.onehot = vocab.one_hot(torch.tensor(conditions)).to(self.device)  # (V, C)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        g, self.vocab = build_generator(meta, weights)
+        self.g, self.batch_size, self.size = prepare(g, device), batch_size, meta["image_size"]
+        self.conditions = torch.tensor(conditions, dtype=torch.long)  # (V, A)
 
     def __call__(self, batch: dict) -> dict:
+        from colorjob.inference import colorize
+
         torch = self.torch
         todo = [[int(v) for v in t.split(",")] if t else [] for t in batch["todo"]]
         out_paths = [o.split("\n") for o in batch["outs"]]
@@ -282,31 +268,14 @@ class Colorizer:
         pairs = [(i, v) for i in range(len(todo)) for v in todo[i]]
         images = np.full((len(pairs), self.size, self.size, 3), 255, np.uint8)
         errors = [batch["error"][i] for i, _ in pairs]
-        run = [k for k, (i, _) in enumerate(pairs) if not batch["error"][i]]
-        if ok and run:
+        todo_pairs = [k for k, (i, _) in enumerate(pairs) if not batch["error"][i]]
+        if ok and todo_pairs:
             pos = {i: j for j, i in enumerate(ok)}
-            sk = torch.from_numpy(np.ascontiguousarray(batch["sketch"][ok])).to(
-                self.device, non_blocking=True
-            )
-            sk = (
-                sk.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-            )  # decoded once, shared by variants
-            s_idx = torch.tensor([pos[pairs[k][0]] for k in run], device=self.device)
-            v_idx = torch.tensor([pairs[k][1] for k in run], device=self.device)
-            with (
-                torch.inference_mode(),
-                torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda),
-            ):
-                outs = []
-                for c in range(0, len(run), self.batch_size):
-                    si, vi = s_idx[c : c + self.batch_size], v_idx[c : c + self.batch_size]
-                    planes = self.onehot[vi][:, :, None, None].expand(-1, -1, self.size, self.size)
-                    x = torch.cat([sk[si], planes.to(sk.dtype)], 1)
-                    if self.cuda:
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    y = self.g(x).float().clamp_(-1, 1).add_(1).mul_(127.5).round_().to(torch.uint8)
-                    outs.append(y.permute(0, 2, 3, 1).cpu())
-            images[run] = torch.cat(outs).numpy()
+            sketches = torch.from_numpy(np.ascontiguousarray(batch["sketch"][ok])).permute(0, 3, 1, 2)
+            s_idx = torch.tensor([pos[pairs[k][0]] for k in todo_pairs])
+            conds = self.conditions[torch.tensor([pairs[k][1] for k in todo_pairs])]
+            out = colorize(self.g, sketches, conds, self.vocab, s_idx, self.batch_size)
+            images[todo_pairs] = out.permute(0, 2, 3, 1).cpu().numpy()
         src = [i for i, _ in pairs]
         return {
             "path": np.array([batch["path"][i] for i in src], dtype=object),
@@ -550,71 +519,36 @@ def _contact_sheet(
 
 
 # ---- command line --------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m colorjob.batch",
-        description="Colour every sketch under --input in every variant of the --conditions grid with "
-        "a trained generator, on Ray Data (local Ray, or the cluster you are on). Writes one image "
-        "per (sketch, variant), manifest.parquet and contact_sheet.png to --output. Rerunning skips "
+def build_parser(prog: str = "python -m colorjob.batch"):
+    p = cli.parser(
+        prog,
+        "Colour every sketch under --input in every variant of the --conditions grid with a trained "
+        "generator, on Ray Data (local Ray, or the cluster you are on). Writes one image per "
+        "(sketch, variant), manifest.parquet and contact_sheet.png to --output. Rerunning skips "
         "what is already done.",
-        epilog="grid.csv: one column per condition attribute of the model (e.g. hair,shirt) and an "
+        "grid.csv: one column per condition attribute of the model (e.g. hair,shirt) and an "
         "optional name column for the output file names; configs/grid.csv has all 25 seed combinations.",
     )
-    p.add_argument("--config", help="YAML BatchConfig (optional)")
-    p.add_argument(
-        "--input", help="folder (or URI) of sketches, searched recursively; or one image"
-    )
-    p.add_argument("--conditions", help="grid CSV: one row per colour variant")
-    p.add_argument(
-        "--model",
-        help="exported generator folder (train's OUT/best, tune's best/); default: the shipped model",
-    )
-    p.add_argument("--output", help="folder (or URI) for the images, manifest and contact sheet")
-    p.add_argument("--batch-size", type=int, help="images per generator call (default 64)")
-    p.add_argument("--format", choices=list(FORMATS), help="output image format (default png)")
-    p.add_argument(
-        "--overwrite", action="store_true", default=None, help="redo outputs that already exist"
-    )
-    p.add_argument(
-        "--fail-on-error", action="store_true", default=None, help="exit 1 if any input failed"
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any other config key, e.g. --set max_pixels=100000000",
-    )
+    cli.flag(p, "--input", "input", help="folder (or URI) of sketches, searched recursively; or one image")  # fmt: skip
+    cli.flag(p, "--conditions", "conditions", help="grid CSV: one row per colour variant")
+    cli.flag(p, "--model", "model", help="exported generator folder (train's OUT/best, tune's best/); default: the shipped model")  # fmt: skip
+    cli.flag(p, "--output", "output", help="folder (or URI) for the images, manifest and contact sheet")  # fmt: skip
+    cli.flag(p, "--batch-size", "batch_size", type=int, help="images per generator call (default 64)")  # fmt: skip
+    cli.flag(p, "--format", "format", choices=list(FORMATS), help="output image format (default png)")  # fmt: skip
+    cli.flag(p, "--overwrite", "overwrite", action="store_true", default=None, help="redo outputs that already exist")  # fmt: skip
+    cli.flag(p, "--fail-on-error", "fail_on_error", action="store_true", default=None, help="exit 1 if any input failed")  # fmt: skip
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    flags = {
-        k: getattr(args, k)
-        for k in (
-            "input",
-            "conditions",
-            "model",
-            "output",
-            "batch_size",
-            "format",
-            "overwrite",
-            "fail_on_error",
-        )
-    }
-    try:
-        cfg = cfgmod.load(
-            BatchConfig,
-            args.config,
-            cfgmod.cli_overrides(flags, args.set),
-        )
-        manifest = run(cfg)
-    except (BatchError, ModelError, cfgmod.ConfigError, storage.StorageError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def command(args) -> int:
+    cfg = cli.load(BatchConfig, args)
+    manifest = run(cfg)
     failed = int((manifest["status"] == "failed").sum()) if len(manifest) else 0
     return 1 if failed and cfg.fail_on_error else 0
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    return cli.run(build_parser(prog or "python -m colorjob.batch"), command, argv)
 
 
 if __name__ == "__main__":

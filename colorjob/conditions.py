@@ -130,8 +130,9 @@ class ConditionVocab:
     def decode(self, indices: Sequence[int]) -> dict[str, str]:
         return {a.name: a.values[int(i)] for a, i in zip(self.attributes, indices, strict=True)}
 
-    def one_hot(self, indices: torch.Tensor) -> torch.Tensor:
-        """``(B, A)`` value indices -> ``(B, C)`` multi-hot vectors (one 1 per attribute)."""
+    def multi_hot(self, indices: torch.Tensor) -> torch.Tensor:
+        """``(B, A)`` value indices -> ``(B, C)`` condition vectors: one-hot per attribute,
+        concatenated (so one 1 per attribute). What the networks take as their condition."""
         indices = torch.as_tensor(indices, dtype=torch.long)
         if indices.dim() == 1:
             indices = indices.unsqueeze(0)
@@ -143,7 +144,7 @@ class ConditionVocab:
         self, indices: torch.Tensor, height: int, width: int | None = None, dtype=torch.float32
     ) -> torch.Tensor:
         """``(B, A)`` value indices -> ``(B, C, H, W)`` constant one-hot planes for the networks."""
-        vec = self.one_hot(indices).to(dtype)
+        vec = self.multi_hot(indices).to(dtype)
         return vec[:, :, None, None].expand(-1, -1, height, width or height)
 
     def from_planes(self, planes: torch.Tensor) -> list[dict[str, str]]:
@@ -226,8 +227,10 @@ class ConditionVocab:
         import pandas as pd
 
         if not isinstance(metadata, pd.DataFrame):
+            from colorjob.data import read_metadata  # the one reader of metadata.csv
+
             root = Path(metadata).parent if root is None else root
-            metadata = pd.read_csv(metadata, dtype=str, keep_default_na=False)
+            metadata = read_metadata(root)
         attr_names = [c for c in metadata.columns if c not in FILE_COLUMNS]
         if not attr_names:
             raise ConditionError(

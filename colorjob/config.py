@@ -10,6 +10,7 @@ written as nested mappings in YAML and as dotted keys on the command line (``tra
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -17,10 +18,12 @@ from typing import Any, TypeVar
 
 import yaml
 
+from colorjob.errors import ColorjobError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(ColorjobError, ValueError):
     """A config file or override that does not fit the config's fields."""
 
 
@@ -93,12 +96,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                     raise ValueError
                 return int(f)
             return float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(
                 f"{key} must be {'an integer' if tp is int else 'a number'}, got {value!r}"
             ) from None
     if tp is str:
-        if isinstance(value, dict | list):
+        if value is None or isinstance(value, dict | list):
             raise ConfigError(f"{key} must be a string, got {value!r}")
         return str(value)
     return value
@@ -121,9 +124,38 @@ def from_dict(cls: type[T], data: dict | None, where: str = "config") -> T:
     return cls(**kwargs)
 
 
+def check_range(
+    key: str,
+    value: float | None,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    finite: bool = True,
+) -> None:
+    """Raise :class:`ConfigError` naming ``key``, ``value`` and the allowed range when ``value``
+    lies outside ``[low, high]`` (``(``/``)`` where open). None (an unset optional) passes;
+    with ``finite=False`` so do NaN and an infinity on an open side."""
+    if value is None:
+        return
+    below = low is not None and (value <= low if low_open else value < low)
+    above = high is not None and (value >= high if high_open else value > high)
+    if below or above or (finite and not math.isfinite(value)):
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        span = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
+        raise ConfigError(f"{key} must be {'a finite number ' if finite else ''}in {span}, got {value!r}")
+
+
 def to_dict(cfg: Any) -> dict:
     """A config as plain data (for YAML, JSON, checkpoints)."""
     return dataclasses.asdict(cfg)
+
+
+def dump(cfg: Any) -> str:
+    """A config as YAML text that :func:`load` reads back to an equal config."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
 
 
 def parse_overrides(items: list[str] | None) -> dict:

@@ -12,69 +12,25 @@ the decoded uint8 tensors are cached, and a sketch shared by 25 colourings is de
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from colorjob.conditions import FILE_COLUMNS, ConditionVocab
+from colorjob.errors import ColorjobError
+from colorjob.imaging import image_to_tensor, load_rgb, to_uint8, to_unit
+
+__all__ = [
+    "DatasetError", "DeviceSet", "EpochSampler", "PairDataset", "epoch_seed", "load_splits",
+    "read_metadata", "split_indices", "to_uint8", "to_unit",
+]  # fmt: skip
 
 
-class DatasetError(ValueError):
+class DatasetError(ColorjobError, ValueError):
     """A dataset folder that cannot be used as it is; the message says what to fix."""
-
-
-# ---- decoding any image to RGB ---------------------------------------------------------------
-def to_rgb(img: Image.Image, background=(255, 255, 255)) -> Image.Image:
-    """Any PIL image (1, L, LA, P, RGB, RGBA, I;16, I, F, CMYK, ...) -> RGB on ``background``."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        a = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info:
-        img = img.convert("RGBA")
-        canvas = Image.new("RGBA", img.size, (*background, 255))
-        return Image.alpha_composite(canvas, img).convert("RGB")
-    return img.convert("RGB")
-
-
-def load_rgb(source: str | Path | bytes, max_pixels: int | None = None) -> Image.Image:
-    """Open a file or bytes, honour EXIF orientation, return RGB.
-
-    ``max_pixels``: refuse (ValueError) larger images from their header, before decoding them.
-    """
-    if isinstance(source, bytes | bytearray) and not source:
-        raise ValueError("empty file (0 bytes)")
-    img = Image.open(io.BytesIO(source) if isinstance(source, bytes | bytearray) else source)
-    w, h = img.size
-    if max_pixels is not None and w * h > max_pixels:
-        raise ValueError(
-            f"image is {w}x{h} = {w * h / 1e6:.0f} MP, over the {max_pixels / 1e6:.0f} MP limit (max_pixels)"
-        )
-    img.load()
-    return to_rgb(ImageOps.exif_transpose(img))
-
-
-def image_to_tensor(img: Image.Image, size: int) -> torch.Tensor:
-    """RGB image -> ``(3, size, size)`` uint8 tensor (resized with antialiasing)."""
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
-
-
-def to_unit(x: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[0, 255]`` -> float ``[-1, 1]``."""
-    return x.float().div_(127.5).sub_(1.0)
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """float ``[-1, 1]`` -> uint8 ``[0, 255]``."""
-    return ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round_().to(torch.uint8)
 
 
 # ---- metadata --------------------------------------------------------------------------------
@@ -269,3 +225,62 @@ def load_splits(
     train = PairDataset(root, image_size, vocab, tr, metadata=df, cache=cache)
     val = PairDataset(root, image_size, vocab, va, metadata=df, cache=cache) if len(va) else None
     return train, val
+
+
+# ---- on the device: batches gathered by index ---------------------------------------------------
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch of a run: shuffling, flips and dropout replay exactly on resume."""
+    return seed * 100_003 + epoch
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A permutation that depends only on (seed, epoch): resuming at epoch k replays epoch k."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class DeviceSet:
+    """A split's decoded images as uint8 tensors on the device; batches are gathered by index.
+
+    ``batch(idx)`` -> ``(sketch, target, condition)``: float sketches and targets in [-1, 1] and
+    the ``(B, C)`` condition vectors the networks take.
+    """
+
+    def __init__(self, ds: PairDataset, device: torch.device):
+        t = ds.tensors()
+        self.sketches = t["sketches"].to(device)
+        self.sketch_index = t["sketch_index"].to(device)
+        self.targets = t["targets"].to(device)
+        self.conditions = t["conditions"].to(device)
+        self.vectors = ds.vocab.multi_hot(self.conditions)  # (N, C) once, not per step
+        self.vocab, self.size = ds.vocab, ds.image_size
+
+    def __len__(self) -> int:
+        return self.targets.shape[0]
+
+    def batch(self, idx: torch.Tensor, flip: bool = False, channels_last: bool = False):
+        sketch = to_unit(self.sketches[self.sketch_index[idx]])
+        target = to_unit(self.targets[idx])
+        if flip:
+            f = (torch.rand(idx.shape[0], device=idx.device) < 0.5)[:, None, None, None]
+            sketch, target = (
+                torch.where(f, sketch.flip(-1), sketch),
+                torch.where(f, target.flip(-1), target),
+            )
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        return (
+            sketch.contiguous(memory_format=fmt),
+            target.contiguous(memory_format=fmt),
+            self.vectors[idx],
+        )

@@ -1,34 +1,47 @@
 """The exported generator: ``generator.safetensors`` + ``model.json``. One loader for everyone.
 
 ``model.json`` holds what is needed to rebuild and use the generator with no training config file
-around: the format version, image size, widths, the condition vocabulary (with colours), the
-metrics of the exported epoch and the training config. Batch colorization, the tuning export and
-the tests all go through :func:`load_generator`.
+around: the format version, the ``model_id`` (a hash of the weights file), image size, widths,
+the condition vocabulary (with colours), the metrics of the exported epoch and the training
+config. Batch colorization, the tuning export and the tests all go through :func:`read_model` /
+:func:`load_generator`, which check every field, the weights' tensor shapes against the declared
+architecture and the ``model_id`` against the weights, and say what is wrong in one line.
+
+An export is written into a fresh folder beside the destination and swapped in as a unit, so a
+reader (or a crash) never sees new weights with an old ``model.json``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
+import struct
 from pathlib import Path
 
 import torch
 from safetensors.torch import load as safetensors_load
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from colorjob import storage
 from colorjob.conditions import ConditionVocab
-from colorjob.models import Generator
+from colorjob.errors import ColorjobError
+from colorjob.models import Generator, num_downs_for
 
 FORMAT = "colorjob.generator"
 FORMAT_VERSION = 1
 WEIGHTS, META = "generator.safetensors", "model.json"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64"}
 
 
-class ModelError(ValueError):
+class ModelError(ColorjobError, ValueError):
     """A model directory that cannot be loaded or does not fit what it is asked to do."""
+
+
+def model_id(weights: bytes) -> str:
+    """The identity of a generator: the first 16 hex digits of its weights file's SHA-256."""
+    return hashlib.sha256(weights).hexdigest()[:16]
 
 
 def export_generator(
@@ -40,26 +53,19 @@ def export_generator(
     dtype: torch.dtype = torch.float32,
     samples: str | Path | None = None,
 ) -> Path:
-    """Write ``out_dir/generator.safetensors`` and ``out_dir/model.json`` (atomically, each).
+    """Write ``out_dir/generator.safetensors`` and ``out_dir/model.json``, as one unit.
 
     ``samples``: a picture of what the generator makes, kept beside it as ``samples.png``.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if samples is not None:
-        with storage.replacing(out / "samples.png") as tmp:
-            shutil.copyfile(samples, tmp)
     state = {
         k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
         for k, v in generator.state_dict().items()
     }
-    with storage.replacing(out / WEIGHTS) as tmp:
-        save_file(state, str(tmp))
-        os.chmod(tmp, 0o644)
+    weights = save(state)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "model_id": _file_hash(out / WEIGHTS),
+        "model_id": model_id(weights),
         "image_size": generator.image_size,
         "in_channels": generator.in_channels,
         "out_channels": generator.out_channels,
@@ -69,21 +75,127 @@ def export_generator(
         "metrics": metrics or {},
         "train_config": config or {},
     }
-    with storage.replacing(out / META) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    return out
+    with storage.replacing_dir(Path(out_dir)) as tmp:
+        (tmp / WEIGHTS).write_bytes(weights)
+        (tmp / META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        if samples is not None:
+            shutil.copyfile(samples, tmp / "samples.png")
+    return Path(out_dir)
 
 
-def _file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+def publish(src: str | Path, dest: str | Path) -> None:
+    """Copy an exported model folder to ``dest`` (a folder or URI), replacing what is there.
+
+    A local ``dest`` is swapped in as a unit. Object stores have no rename: the other files go
+    first and ``model.json`` (which names the weights' hash) last, and a reader that meets the
+    new weights with the old ``model.json`` is told so by the ``model_id`` check.
+    """
+    src = Path(src)
+    if not storage.is_uri(dest):
+        with storage.replacing_dir(Path(dest)) as tmp:
+            shutil.copytree(src, tmp, dirs_exist_ok=True)
+        return
+    fs, root = storage.resolve(dest)
+    files = sorted((f for f in src.rglob("*") if f.is_file()), key=lambda f: f.name == META)
+    for f in files:
+        storage.write_atomic(fs, storage.join(root, f.relative_to(src).as_posix()), f.read_bytes())
 
 
-def read_model_info(model_dir: str | Path) -> dict:
-    """``model.json`` of a model directory (a folder or a URI), checked; no weights are read."""
+# ---- checks --------------------------------------------------------------------------------------
+def _need(meta: dict, key: str, kind, where: str):
+    if key not in meta:
+        raise ModelError(f"{where} lacks {key!r}: not a complete colorjob model.json")
+    value = meta[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        name = getattr(kind, "__name__", None) or " or ".join(k.__name__ for k in kind)
+        raise ModelError(f"{where}: {key} must be {name}, got {value!r}")
+    return value
+
+
+def check_meta(meta: object, where: str) -> ConditionVocab:
+    """Every field of a ``model.json``: types, ranges and channel counts; returns its vocabulary."""
+    if not isinstance(meta, dict):
+        raise ModelError(f"{where} must hold a JSON object")
+    if meta.get("format") != FORMAT:
+        raise ModelError(f"{where} is not a colorjob generator (format {meta.get('format')!r})")
+    version = _need(meta, "format_version", int, where)
+    if not 1 <= version <= FORMAT_VERSION:
+        raise ModelError(
+            f"{where} has format version {version}; this colorjob reads 1 to {FORMAT_VERSION}"
+            + (": upgrade colorjob" if version > FORMAT_VERSION else "")
+        )
+    mid = _need(meta, "model_id", str, where)
+    if len(mid) != 16 or any(c not in "0123456789abcdef" for c in mid):
+        raise ModelError(f"{where}: model_id must be 16 hex digits, got {mid!r}")
+    try:
+        num_downs_for(_need(meta, "image_size", int, where))
+    except ValueError as e:
+        raise ModelError(f"{where}: {e}") from None
+    for key in ("ngf", "in_channels", "out_channels"):
+        if _need(meta, key, int, where) < 1:
+            raise ModelError(f"{where}: {key} must be at least 1, got {meta[key]}")
+    if meta["out_channels"] != 3:
+        raise ModelError(f"{where}: out_channels must be 3 (RGB), got {meta['out_channels']}")
+    if _need(meta, "dtype", str, where) not in DTYPES:
+        raise ModelError(f"{where}: dtype must be one of {', '.join(DTYPES)}, got {meta['dtype']!r}")
+    try:
+        vocab = ConditionVocab.from_dict(_need(meta, "conditions", dict, where))
+    except (ColorjobError, KeyError, TypeError, ValueError) as e:
+        raise ModelError(f"{where}: conditions are not a valid vocabulary ({e})") from None
+    expected = 3 + vocab.num_channels
+    if meta["in_channels"] != expected:
+        raise ModelError(
+            f"{where}: in_channels {meta['in_channels']} does not fit its vocabulary "
+            f"({vocab.num_channels} condition planes + 3 = {expected})"
+        )
+    return vocab
+
+
+def _expected_shapes(meta: dict) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        g = Generator(meta["in_channels"], meta["out_channels"], meta["image_size"], meta["ngf"])
+    return {k: tuple(v.shape) for k, v in g.state_dict().items()}
+
+
+def safetensors_header(head: bytes, total_size: int, where: str) -> dict:
+    """The tensor table of a safetensors file from its first bytes (no tensor data is read)."""
+    if len(head) < 8:
+        raise ModelError(f"{where} is truncated ({total_size} bytes): re-export the model")
+    (n,) = struct.unpack("<Q", head[:8])
+    if n > 100_000_000 or len(head) < 8 + n:
+        raise ModelError(f"{where} has a broken header: not a safetensors file, or truncated")
+    try:
+        table = json.loads(head[8 : 8 + n])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ModelError(f"{where} has a broken header: not a safetensors file") from None
+    table.pop("__metadata__", None)
+    end = max((t["data_offsets"][1] for t in table.values()), default=0)
+    if total_size != 8 + n + end:
+        raise ModelError(
+            f"{where} is {total_size} bytes but its header describes {8 + n + end}: "
+            "the file is truncated or was changed; re-export the model"
+        )
+    return table
+
+
+def check_weights_table(meta: dict, table: dict, where: str) -> None:
+    """The tensors a safetensors header lists against the architecture ``model.json`` declares."""
+    expected = _expected_shapes(meta)
+    problems = [f"missing {k}" for k in expected if k not in table]
+    problems += [f"unexpected {k}" for k in table if k not in expected]
+    for k, shape in expected.items():
+        if k in table and tuple(table[k]["shape"]) != shape:
+            problems.append(f"{k} is {tuple(table[k]['shape'])}, expected {shape}")
+        dtype = _SAFETENSORS_DTYPES.get(table.get(k, {}).get("dtype"))
+        if k in table and dtype not in (meta["dtype"], "int64"):
+            problems.append(f"{k} is {table[k]['dtype']}, model.json says {meta['dtype']}")
+    if problems:
+        shown = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
+        raise ModelError(f"{where} does not match the shape model.json describes: {shown}")
+
+
+# ---- reading -------------------------------------------------------------------------------------
+def _locate(model_dir: str | Path):
     fs, root = storage.resolve(model_dir)
     try:
         found = storage.is_dir(fs, root)
@@ -91,40 +203,58 @@ def read_model_info(model_dir: str | Path) -> dict:
         raise ModelError(str(storage.explain(str(model_dir), e))) from None
     if not found:
         raise ModelError(
-            f"model directory {model_dir} does not exist (train one: python -m colorjob.train ...)"
+            f"model directory {model_dir} does not exist (train one: colorjob train ...)"
         )
     missing = [n for n in (WEIGHTS, META) if not storage.exists(fs, storage.join(root, n))]
     if missing:
         raise ModelError(
             f"{model_dir} is not an exported colorjob model: missing {', '.join(missing)}"
         )
+    return fs, root
+
+
+def _read_meta(fs, root: str, model_dir) -> tuple[dict, str]:
     where = f"{str(model_dir).rstrip('/')}/{META}"
     try:
         meta = json.loads(storage.read_bytes(fs, storage.join(root, META)))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelError(f"{where} is not valid JSON: {e}") from None
-    if meta.get("format") != FORMAT:
-        raise ModelError(f"{where} is not a colorjob generator (format {meta.get('format')!r})")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise ModelError(
-            f"{where} has format version {meta['format_version']}; this colorjob reads up to "
-            f"{FORMAT_VERSION}: upgrade colorjob"
-        )
-    model_vocab = ConditionVocab.from_dict(meta["conditions"])
-    expected = 3 + model_vocab.num_channels
-    if meta["in_channels"] != expected:
-        raise ModelError(
-            f"{where}: in_channels {meta['in_channels']} does not fit its vocabulary "
-            f"({model_vocab.num_channels} condition planes + 3 = {expected})"
-        )
+    check_meta(meta, where)
+    return meta, where
+
+
+def read_model_info(model_dir: str | Path) -> dict:
+    """``model.json`` of a model directory (a folder or a URI), every field checked, and the
+    weights file's header checked against it (its tensors are not read)."""
+    fs, root = _locate(model_dir)
+    meta, _ = _read_meta(fs, root, model_dir)
+    path = storage.join(root, WEIGHTS)
+    where = f"{str(model_dir).rstrip('/')}/{WEIGHTS}"
+    with fs.open_input_file(path) as f:
+        size = f.size()
+        head = f.read_at(min(size, 8), 0)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+        if len(head) == 8 and n <= 100_000_000:
+            head += f.read_at(min(n, size - 8), 8)
+    check_weights_table(meta, safetensors_header(head, size, where), where)
     return meta
 
 
 def read_model(model_dir: str | Path) -> tuple[dict, bytes]:
-    """``(model.json, generator.safetensors bytes)``: what a remote worker needs to rebuild it."""
-    meta = read_model_info(model_dir)
-    fs, root = storage.resolve(model_dir)
-    return meta, storage.read_bytes(fs, storage.join(root, WEIGHTS))
+    """``(model.json, generator.safetensors bytes)``, all checked, the ``model_id`` against the
+    weights' hash too: what a remote worker needs to rebuild the generator."""
+    fs, root = _locate(model_dir)
+    meta, where = _read_meta(fs, root, model_dir)
+    weights = storage.read_bytes(fs, storage.join(root, WEIGHTS))
+    wpath = f"{str(model_dir).rstrip('/')}/{WEIGHTS}"
+    check_weights_table(meta, safetensors_header(weights, len(weights), wpath), wpath)
+    if model_id(weights) != meta["model_id"]:
+        raise ModelError(
+            f"{model_dir}: the weights do not belong to this model.json (model_id "
+            f"{meta['model_id']}, weights hash {model_id(weights)}): a half-copied or mixed "
+            "model folder; copy or export it again"
+        )
+    return meta, weights
 
 
 def build_generator(
@@ -198,74 +328,75 @@ five hair and five shirt colours); sketches of other kinds get plausible but unr
 
 def ship(model_dir: str | Path, dest: str | Path, device: str, commands: list[str]) -> Path:
     """Re-export ``model_dir`` in fp16 to ``dest`` with a model card (``MODEL_CARD.md``)."""
-    g, vocab, meta = load_generator(model_dir)
-    samples = Path(model_dir) / "samples.png"
-    out = export_generator(
-        g, vocab, dest, metrics=meta["metrics"], config=meta["train_config"], dtype=torch.float16,
-        samples=samples if samples.is_file() else None,
-    )  # fmt: skip
-    if (out / "samples.png").is_file():  # a light preview: the package stays small
-        from PIL import Image
+    import tempfile
 
-        preview = Image.open(out / "samples.png").convert("RGB")
-        preview.thumbnail((780, 780))
-        preview.save(out / "samples.png", optimize=True)
+    from PIL import Image
+
+    g, vocab, meta = load_generator(model_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        samples = Path(model_dir) / "samples.png"
+        preview = None
+        if samples.is_file():  # a light preview: the package stays small
+            preview = Path(tmp) / "samples.png"
+            img = Image.open(samples).convert("RGB")
+            img.thumbnail((780, 780))
+            img.save(preview, optimize=True)
+        out = export_generator(
+            g, vocab, dest, metrics=meta["metrics"], config=meta["train_config"],
+            dtype=torch.float16, samples=preview,
+        )  # fmt: skip
     info = read_model_info(out)
     m, cfg = info["metrics"], info["train_config"]
-    data_meta = Path(cfg.get("data", "")) / "metadata.csv"
     sketches = "?"
-    if data_meta.is_file():
-        import pandas as pd
+    if (Path(cfg.get("data", "")) / "metadata.csv").is_file():
+        from colorjob.data import read_metadata
 
-        sketches = pd.read_csv(data_meta)["input"].nunique()
+        sketches = read_metadata(cfg["data"])["input"].nunique()
     fid = m.get("val_fidelity")
     (out / "MODEL_CARD.md").write_text(
         CARD.format(
-            model_id=info["model_id"],
-            image_size=info["image_size"],
-            ngf=info["ngf"],
-            params=sum(p.numel() for p in g.parameters()),
-            dtype="fp16",
+            model_id=info["model_id"], image_size=info["image_size"], ngf=info["ngf"],
+            params=sum(p.numel() for p in g.parameters()), dtype="fp16",
             size_mb=(out / WEIGHTS).stat().st_size / 1e6,
             conditions="; ".join(f"{a.name}: {', '.join(a.values)}" for a in vocab.attributes),
-            sketches=sketches,
-            epoch=m.get("epoch"),
-            epochs=cfg.get("epochs"),
-            val_l1=m["val_l1"],
-            val_psnr=m["val_psnr"],
-            fidelity="n/a" if fid is None else f"{fid:.1%}",
-            device=device,
+            sketches=sketches, epoch=m.get("epoch"), epochs=cfg.get("epochs"),
+            val_l1=m["val_l1"], val_psnr=m["val_psnr"],
+            fidelity="n/a" if fid is None else f"{fid:.1%}", device=device,
             commands="\n    ".join(commands),
         )  # fmt: skip
     )
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
+def build_parser(prog: str = "python -m colorjob.export"):
+    from colorjob import cli
 
-    p = argparse.ArgumentParser(
-        prog="python -m colorjob.export",
-        description="Re-export a trained generator (OUT/best) in fp16 with a model card, e.g. to ship "
-        "it as colorjob's default model (colorjob/assets/default).",
+    p = cli.parser(
+        prog,
+        "Re-export a trained generator (OUT/best) in fp16 with a model card, e.g. to ship it as "
+        "colorjob's default model (colorjob/assets/default).",
+        config=False,
     )
-    p.add_argument(
-        "--from", dest="src", required=True, help="an exported model folder (train's OUT/best)"
-    )
-    p.add_argument(
-        "--to", default=str(DEFAULT_MODEL), help="destination folder (default: the shipped default)"
-    )
+    p.add_argument("--from", dest="src", required=True, help="an exported model folder (train's OUT/best)")
+    p.add_argument("--to", default=str(DEFAULT_MODEL), help="destination folder (default: the shipped default)")
     p.add_argument("--device", default="CPU", help="what it was trained on, for the card")
-    p.add_argument(
-        "--command",
-        action="append",
-        default=[],
-        help="a command that made it, for the card (repeatable)",
-    )
-    a = p.parse_args(argv)
-    out = ship(a.src, a.to, a.device, a.command or ["(not recorded)"])
-    print(f"shipped: {out} ({(out / WEIGHTS).stat().st_size / 1e6:.1f} MB)")
+    p.add_argument("--command", action="append", default=[], help="a command that made it, for the card (repeatable)")
+    return p  # fmt: skip
+
+
+def command(args) -> int:
+    import logging
+
+    out = ship(args.src, args.to, args.device, args.command or ["(not recorded)"])
+    size = (out / WEIGHTS).stat().st_size / 1e6
+    logging.getLogger(__name__).info(f"shipped: {out} ({size:.1f} MB)")
     return 0
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    from colorjob import cli
+
+    return cli.run(build_parser(prog or "python -m colorjob.export"), command, argv)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from colorjob.conditions import ConditionVocab
+from colorjob.imaging import erode
 
 BINS = 16  # histogram cells per RGB channel
 
@@ -49,12 +50,6 @@ def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     return torch.stack(
         [116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1
     )
-
-
-def erode(mask: torch.Tensor, pixels: int = 1) -> torch.Tensor:
-    """Binary erosion of a ``(H, W)`` bool mask by a square of ``2 * pixels + 1``."""
-    m = (~mask).float()[None, None]
-    return ~(F.max_pool2d(m, 2 * pixels + 1, 1, pixels)[0, 0] > 0)
 
 
 def dominant_color(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:

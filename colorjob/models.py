@@ -21,13 +21,31 @@ import math
 import torch
 from torch import nn
 
+MIN_IMAGE_SIZE = 32
+
 
 def num_downs_for(image_size: int) -> int:
-    """Encoder blocks for a square image: one per halving down to 1x1 (256 -> 8, 32 -> 5)."""
-    n = int(math.log2(image_size)) if image_size > 0 else 0
-    if 2**n != image_size or n < 5:
-        raise ValueError(f"image_size must be a power of two >= 32 (got {image_size})")
+    """Encoder blocks for a square image: one per halving down to 1x1 (256 -> 8, 32 -> 5).
+
+    The one rule for image sizes (configs, synthetic data and the networks all ask here): a power
+    of two of at least 32.
+    """
+    n = int(math.log2(image_size)) if isinstance(image_size, int) and image_size > 0 else 0
+    if 2**n != image_size or image_size < MIN_IMAGE_SIZE:
+        raise ValueError(
+            f"the image size must be a power of two >= {MIN_IMAGE_SIZE} (32, 64, 128, 256, 512...), "
+            f"got {image_size}"
+        )
     return n
+
+
+def condition_planes(x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """``x`` with one constant plane per entry of the ``(B, C)`` condition vector appended."""
+    b, _, h, w = x.shape
+    planes = cond.to(x.dtype)[:, :, None, None].expand(b, -1, h, w)
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return torch.cat([x, planes], 1).contiguous(memory_format=torch.channels_last)
+    return torch.cat([x, planes], 1)
 
 
 class Down(nn.Module):
@@ -67,7 +85,11 @@ class Up(nn.Module):
 
 
 class Generator(nn.Module):
-    """U-Net: ``(B, in_channels, S, S)`` -> ``(B, out_channels, S, S)`` in [-1, 1]."""
+    """U-Net: ``(B, in_channels, S, S)`` -> ``(B, out_channels, S, S)`` in [-1, 1].
+
+    ``forward(sketch, cond)`` appends the ``(B, C)`` condition vector as constant planes (the
+    seed's conditioning); ``forward(x)`` takes input that already has them.
+    """
 
     def __init__(
         self,
@@ -97,7 +119,9 @@ class Generator(nn.Module):
         self.ups = nn.ModuleList(ups)
         init_weights(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        if cond is not None:
+            x = condition_planes(x, cond)
         skips = []
         for down in self.downs:
             x = down(x)
@@ -109,7 +133,10 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """PatchGAN: ``(B, in_channels, S, S)`` -> ``(B, 1, P, P)`` real/fake logits (P = 30 at 256)."""
+    """PatchGAN: ``(B, in_channels, S, S)`` -> ``(B, 1, P, P)`` real/fake logits (P = 30 at 256).
+
+    ``forward(image_and_sketch, cond)`` appends the condition planes, as :class:`Generator`.
+    """
 
     def __init__(self, in_channels: int = 16, ndf: int = 64, n_layers: int = 3):
         super().__init__()
@@ -128,8 +155,8 @@ class Discriminator(nn.Module):
         self.model = nn.Sequential(*layers)
         init_weights(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(x if cond is None else condition_planes(x, cond))
 
 
 def init_weights(net: nn.Module, gain: float = 0.02) -> None:

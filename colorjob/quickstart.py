@@ -13,20 +13,22 @@ About ten minutes on two CPU cores; ``--tiny`` is a one-minute smoke run.
 
 from __future__ import annotations
 
-import argparse
+import logging
 import os
 import sys
 import time
 from pathlib import Path
 
+from colorjob import cli, synth
 from colorjob import config as cfgmod
-from colorjob import synth
+
+log = logging.getLogger(__name__)
 
 GRID = Path(__file__).resolve().parents[1] / "configs" / "grid.csv"
 
 
 def _step(n: int, total: int, text: str) -> float:
-    print(f"\n[{n}/{total}] {text}", flush=True)
+    log.info(f"\n[{n}/{total}] {text}")
     return time.perf_counter()
 
 
@@ -40,25 +42,17 @@ def grid_csv(out: Path) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m colorjob.quickstart",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument(
-        "--out", default="runs/quickstart", help="folder for everything (default runs/quickstart)"
-    )
-    p.add_argument(
-        "--sketches", type=int, default=12, help="characters in the training set (default 12)"
-    )
+def build_parser(prog: str = "python -m colorjob.quickstart"):
+    p = cli.parser(prog, __doc__, config=False, raw=True)
+    p.add_argument("--out", default="runs/quickstart", help="folder for everything (default runs/quickstart)")
+    p.add_argument("--sketches", type=int, default=12, help="characters in the training set (default 12)")
     p.add_argument("--trials", type=int, default=4, help="search trials (default 4)")
     p.add_argument("--epochs", type=int, default=10, help="epochs per trial at most (default 10)")
-    p.add_argument(
-        "--tiny", action="store_true", help="a one-minute smoke run (32 px, 2 trials, 2 epochs)"
-    )
-    a = p.parse_args(argv)
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    p.add_argument("--tiny", action="store_true", help="a one-minute smoke run (32 px, 2 trials, 2 epochs)")
+    return p  # fmt: skip
+
+
+def command(a) -> int:
     out = Path(a.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
     size, ngf = (32, 8) if a.tiny else (64, 32)
@@ -67,24 +61,13 @@ def main(argv: list[str] | None = None) -> int:
 
     t = _step(1, 5, f"drawing {sketches} synthetic characters x 25 colourings ({size} px)")
     data = synth.generate(out / "data", sketches, seed=0, size=size)
-    print(f"      {data} ({time.perf_counter() - t:.0f}s)")
+    log.info(f"      {data} ({time.perf_counter() - t:.0f}s)")
 
-    t = _step(
-        2,
-        5,
-        f"searching learning rates and loss weights: {trials} trials x up to {epochs} epochs on a local Ray",
-    )
-    import ray
-
+    t = _step(2, 5, f"searching learning rates and loss weights: {trials} trials x up to {epochs} epochs on a local Ray")  # fmt: skip
     from colorjob import tune
+    from colorjob.cluster import connect
 
-    if not ray.is_initialized():
-        ray.init(
-            include_dashboard=False,
-            configure_logging=True,
-            logging_level="error",
-            log_to_driver=False,
-        )
+    connect(log_to_driver=False)
     cfg = cfgmod.from_dict(
         tune.TuneConfig,
         {
@@ -96,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     best = tune.run(cfg)
     if best is None:
-        print("error: no trial finished; see the log above", file=sys.stderr)
+        log.error("no trial finished; see the log above")
         return 1
-    print(f"      best generator: {best} ({time.perf_counter() - t:.0f}s)")
+    log.info(f"      best generator: {best} ({time.perf_counter() - t:.0f}s)")
 
     t = _step(3, 5, "drawing 4 new characters the model has never seen (256 px)")
     new = synth.generate(out / "new", 4, seed=1234, size=256)
@@ -108,33 +91,30 @@ def main(argv: list[str] | None = None) -> int:
 
     batch.run(
         batch.BatchConfig(
-            input=str(new / "sketches"),
-            conditions=str(grid_csv(out)),
-            model=str(best),
+            input=str(new / "sketches"), conditions=str(grid_csv(out)), model=str(best),
             output=str(out / "colored"),
         )
-    )
-    print(f"      ({time.perf_counter() - t:.0f}s)")
+    )  # fmt: skip
+    log.info(f"      ({time.perf_counter() - t:.0f}s)")
 
     _step(5, 5, "writing the report")
     from colorjob.report import write_report
 
     report = write_report(
-        out,
-        title="colorjob quickstart",
-        dataset=data,
-        trials_csv=out / "search" / "trials.csv",
-        trials_png=out / "search" / "trials.png",
-        model_dir=Path(best),
-        batch_dir=out / "colored",
+        out, title="colorjob quickstart", dataset=data, trials_csv=out / "search" / "trials.csv",
+        trials_png=out / "search" / "trials.png", model_dir=Path(best), batch_dir=out / "colored",
         notes=[
             f"{sketches} synthetic characters at {size} px; validation holds out whole characters.",
             f"{trials} trials of up to {epochs} epochs (Optuna TPE from the seed's defaults, ASHA early stopping).",
             f"Total time {time.perf_counter() - t_all:.0f} s on {os.cpu_count()} CPU cores.",
         ],
-    )
-    print(f"\ndone in {time.perf_counter() - t_all:.0f}s. Report: {report}")
+    )  # fmt: skip
+    log.info(f"\ndone in {time.perf_counter() - t_all:.0f}s. Report: {report}")
     return 0
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    return cli.run(build_parser(prog or "python -m colorjob.quickstart"), command, argv)
 
 
 if __name__ == "__main__":

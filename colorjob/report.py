@@ -10,6 +10,7 @@ of ``<body>``) whether every image loaded, so a headless browser can check the p
 from __future__ import annotations
 
 import html
+import json
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -72,6 +73,78 @@ def _cards(items: list[tuple[str, str, str]]) -> str:
     )
 
 
+def dataset_section(files: Path, dataset: Path) -> list[str]:
+    from colorjob.data import read_metadata
+
+    meta = read_metadata(dataset)
+    attrs = [c for c in meta.columns if c not in ("input", "output")]
+    sketches = meta["input"].nunique()
+    values = "; ".join(f"{a} ({', '.join(sorted(meta[a].unique()))})" for a in attrs)
+    return [
+        "<h2>Dataset</h2>",
+        f"<p>{sketches} sketches × {len(meta) // max(1, sketches)} colourings = {len(meta)} pairs; "
+        f'conditions: {html.escape(values)}. <span class="muted">{html.escape(str(dataset))}</span></p>',
+        "<p class='muted'>Each row: the sketch, five colourings, the hair and shirt masks.</p>",
+        _img(files, dataset / "contact_sheet.png", "dataset.png", "dataset contact sheet"),
+    ]
+
+
+def search_section(files: Path, trials_csv: Path, trials_png: Path | None) -> list[str]:
+    trials = pd.read_csv(trials_csv)
+    counts = trials["status"].value_counts()
+    statuses = ("completed", "stopped early", "failed")
+    return [
+        "<h2>Search</h2>",
+        _cards([(k, str(int(counts.get(k, 0))), "ok" if k != "failed" else "bad") for k in statuses]),
+        _table(trials.drop(columns=[c for c in ("error",) if c in trials])),
+        "<p class='muted'>Validation L1 per epoch for every trial (ASHA stops the weak ones early).</p>",
+        _img(files, trials_png, "trials.png", "validation L1 per trial"),
+    ]
+
+
+def model_section(files: Path, model_dir: Path) -> list[str]:
+    meta = json.loads((model_dir / "model.json").read_text())
+    m, cfg = meta.get("metrics", {}), meta.get("train_config", {})
+    fid = m.get("val_fidelity")
+    cards = [
+        ("validation L1", f"{m.get('val_l1', float('nan')):.4f}", "ok"),
+        ("PSNR (dB)", f"{m.get('val_psnr', float('nan')):.2f}", "ok"),
+        ("condition fidelity", "n/a" if fid is None else f"{fid:.0%}", "ok"),
+        ("epoch", str(m.get("epoch", "?")), "ok"),
+    ]
+    return [
+        "<h2>Best model</h2>",
+        _cards(cards),
+        f"<p>{meta['image_size']} px, ngf {meta['ngf']}; lr_g {cfg.get('lr_g', 0):.3g}, lr_d {cfg.get('lr_d', 0):.3g}, "
+        f"λ_L1 {cfg.get('lambda_l1', 0):.3g}, λ_adv {cfg.get('lambda_adv', 0):.3g}; model id <code>{meta['model_id']}</code>. "
+        f'<span class="muted">{html.escape(str(model_dir))}</span></p>',
+        "<p class='muted'>Held-out sketches (first column) in five conditions, at the best epoch.</p>",
+        _img(files, model_dir / "samples.png", "samples.png", "best epoch samples", min_width=720),
+    ]
+
+
+def batch_section(files: Path, batch_dir: Path) -> list[str]:
+    manifest = pd.read_parquet(batch_dir / "manifest.parquet")
+    counts = manifest["status"].value_counts()
+    summary = (
+        manifest.groupby("status")
+        .agg(images=("output", "size"), sketches=("input", "nunique"))
+        .reset_index()
+    )
+    failed = manifest[manifest["status"] == "failed"].drop_duplicates("input")[["input", "error"]]
+    statuses = ("ok", "skipped", "failed")
+    return [
+        "<h2>Batch colorization</h2>",
+        _cards([(k, str(int(counts.get(k, 0))), "bad" if k == "failed" else "ok") for k in statuses]),
+        f"<p>{manifest['input'].nunique()} sketches × {manifest['variant'].nunique()} variants. "
+        f'<span class="muted">{html.escape(str(batch_dir))}</span></p>',
+        _table(summary),
+        (_table(failed) if len(failed) else ""),
+        "<p class='muted'>New sketches down the side, variants across.</p>",
+        _img(files, batch_dir / "contact_sheet.png", "batch.png", "batch contact sheet"),
+    ]
+
+
 def write_report(
     out: str | Path,
     *,
@@ -83,7 +156,11 @@ def write_report(
     batch_dir: Path | None = None,
     notes: list[str] | None = None,
 ) -> Path:
-    """Write ``out/report.html`` (and ``out/report_files/``); returns the page's path."""
+    """Write ``out/report.html`` (and ``out/report_files/``); returns the page's path.
+
+    Each section is shown when its input exists: the dataset, the search (trials.csv), the
+    best model (model.json) and the batch run (manifest.parquet).
+    """
     out = Path(out)
     files = out / "report_files"
     files.mkdir(parents=True, exist_ok=True)
@@ -93,93 +170,14 @@ def write_report(
     ]
     if notes:
         parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
-
     if dataset is not None:
-        meta = pd.read_csv(dataset / "metadata.csv", dtype=str)
-        attrs = [c for c in meta.columns if c not in ("input", "output")]
-        parts += [
-            "<h2>Dataset</h2>",
-            f"<p>{meta['input'].nunique()} sketches × {len(meta) // max(1, meta['input'].nunique())} colourings = "
-            f"{len(meta)} pairs; conditions: "
-            + "; ".join(f"{a} ({', '.join(sorted(meta[a].unique()))})" for a in attrs)
-            + f'. <span class="muted">{html.escape(str(dataset))}</span></p>',
-            "<p class='muted'>Each row: the sketch, five colourings, the hair and shirt masks.</p>",
-            _img(files, dataset / "contact_sheet.png", "dataset.png", "dataset contact sheet"),
-        ]
-
+        parts += dataset_section(files, Path(dataset))
     if trials_csv is not None and Path(trials_csv).is_file():
-        trials = pd.read_csv(trials_csv)
-        counts = trials["status"].value_counts()
-        parts += [
-            "<h2>Search</h2>",
-            _cards(
-                [
-                    (k, str(int(counts.get(k, 0))), "ok" if k != "failed" else "bad")
-                    for k in ("completed", "stopped early", "failed")
-                ]
-            ),
-            _table(trials.drop(columns=[c for c in ("error",) if c in trials])),
-            "<p class='muted'>Validation L1 per epoch for every trial (ASHA stops the weak ones early).</p>",
-            _img(files, trials_png, "trials.png", "validation L1 per trial"),
-        ]
-
+        parts += search_section(files, Path(trials_csv), trials_png)
     if model_dir is not None and (Path(model_dir) / "model.json").is_file():
-        import json
-
-        meta = json.loads((Path(model_dir) / "model.json").read_text())
-        m = meta.get("metrics", {})
-        cfg = meta.get("train_config", {})
-        fid = m.get("val_fidelity")
-        parts += [
-            "<h2>Best model</h2>",
-            _cards(
-                [
-                    ("validation L1", f"{m.get('val_l1', float('nan')):.4f}", "ok"),
-                    ("PSNR (dB)", f"{m.get('val_psnr', float('nan')):.2f}", "ok"),
-                    ("condition fidelity", "n/a" if fid is None else f"{fid:.0%}", "ok"),
-                    ("epoch", str(m.get("epoch", "?")), "ok"),
-                ]
-            ),
-            f"<p>{meta['image_size']} px, ngf {meta['ngf']}; lr_g {cfg.get('lr_g', 0):.3g}, lr_d {cfg.get('lr_d', 0):.3g}, "
-            f"λ_L1 {cfg.get('lambda_l1', 0):.3g}, λ_adv {cfg.get('lambda_adv', 0):.3g}; model id <code>{meta['model_id']}</code>. "
-            f'<span class="muted">{html.escape(str(model_dir))}</span></p>',
-            "<p class='muted'>Held-out sketches (first column) in five conditions, at the best epoch.</p>",
-            _img(
-                files,
-                Path(model_dir) / "samples.png",
-                "samples.png",
-                "best epoch samples",
-                min_width=720,
-            ),
-        ]
-
+        parts += model_section(files, Path(model_dir))
     if batch_dir is not None and (Path(batch_dir) / "manifest.parquet").is_file():
-        manifest = pd.read_parquet(Path(batch_dir) / "manifest.parquet")
-        counts = manifest["status"].value_counts()
-        summary = (
-            manifest.groupby("status")
-            .agg(images=("output", "size"), sketches=("input", "nunique"))
-            .reset_index()
-        )
-        failed = manifest[manifest["status"] == "failed"].drop_duplicates("input")[
-            ["input", "error"]
-        ]
-        parts += [
-            "<h2>Batch colorization</h2>",
-            _cards(
-                [
-                    (k, str(int(counts.get(k, 0))), "bad" if k == "failed" else "ok")
-                    for k in ("ok", "skipped", "failed")
-                ]
-            ),
-            f"<p>{manifest['input'].nunique()} sketches × {manifest['variant'].nunique()} variants. "
-            f'<span class="muted">{html.escape(str(batch_dir))}</span></p>',
-            _table(summary),
-            (_table(failed) if len(failed) else ""),
-            "<p class='muted'>New sketches down the side, variants across.</p>",
-            _img(files, Path(batch_dir) / "contact_sheet.png", "batch.png", "batch contact sheet"),
-        ]
-
+        parts += batch_section(files, Path(batch_dir))
     page = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"

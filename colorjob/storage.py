@@ -7,7 +7,9 @@ or an instance role), never from a colorjob file. ``AWS_ENDPOINT_URL`` points S3
 
 from __future__ import annotations
 
+import ctypes
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,10 +17,12 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from colorjob.errors import ColorjobError
+
 TMP_MARK = ".colorjob-tmp-"
 
 
-class StorageError(OSError):
+class StorageError(ColorjobError, OSError):
     """A location that cannot be reached or used; the message says what to check."""
 
 
@@ -77,7 +81,7 @@ def check(uri: str | Path, writable: bool = False) -> None:
     try:
         fs.get_file_info(path)
         if writable:
-            probe = f"{path.rstrip('/')}/{TMP_MARK}probe"
+            probe = f"{path.rstrip('/')}/{TMP_MARK}probe-{uuid.uuid4().hex}"
             fs.create_dir(path, recursive=True)
             with fs.open_output_stream(probe) as f:
                 f.write(b"")
@@ -138,25 +142,105 @@ def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
         return f.read()
 
 
+def temp_name(name: str, run: str | None = None) -> str:
+    """A temporary file name for ``name`` (same extension; ``run`` says whose it is)."""
+    return f"{TMP_MARK}{run + '-' if run else ''}{uuid.uuid4().hex[:12]}-{name}"
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Make a rename or a new file in ``path`` durable (no-op where directories cannot sync)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
-def replacing(path: str | Path) -> Iterator[Path]:
+def replacing(path: str | Path, run: str | None = None, durable: bool = True) -> Iterator[Path]:
     """A temporary path beside ``path``, renamed onto it when the block ends without error:
-    readers see the old file or the whole new one, never half of it."""
+    readers see the old file or the whole new one, never half of it. ``durable``: the data and
+    the rename are synced to disk first, so a power cut cannot leave an empty file either."""
     path = Path(path)
-    tmp = path.with_name(f"{TMP_MARK}{uuid.uuid4().hex}-{path.name}")  # keeps the extension
+    tmp = path.with_name(temp_name(path.name, run))  # keeps the extension
     try:
         yield tmp
+        if durable:
+            _fsync_file(tmp)
         os.replace(tmp, path)
+        if durable:
+            fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
-    """Write so that a reader never sees half a file: temp + rename locally; a single PUT on S3."""
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    return rc == 0
+
+
+@contextmanager
+def replacing_dir(path: str | Path) -> Iterator[Path]:
+    """A new, empty folder beside ``path``, swapped in for it as a unit when the block ends
+    without error: ``path`` always holds the complete old contents or the complete new ones."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = path.with_name(temp_name(path.name))
+    new.mkdir()  # the process's umask decides its permissions, as for any folder
+    try:
+        yield new
+        for f in new.rglob("*"):
+            if f.is_file():
+                _fsync_file(f)
+        fsync_dir(new)
+        if not path.exists():
+            os.rename(new, path)
+        elif _exchange(new, path):  # new now holds the old contents
+            pass
+        else:  # no atomic exchange here: move the old aside, the new in, and undo on failure
+            old = path.with_name(temp_name(path.name + ".old"))
+            os.rename(path, old)
+            try:
+                os.rename(new, path)
+            except BaseException:
+                os.rename(old, path)
+                raise
+            os.rename(old, new)
+        fsync_dir(path.parent)
+    finally:
+        shutil.rmtree(new, ignore_errors=True)
+
+
+def write_atomic(fs: pafs.FileSystem, path: str, data: bytes, run: str | None = None) -> None:
+    """Write so that a reader never sees half a file: temp + fsync + rename locally (the folder
+    synced too); a single PUT on object stores. ``run`` marks whose temporary file it is."""
     parent = path.rsplit("/", 1)[0]
     fs.create_dir(parent, recursive=True)
     if isinstance(fs, pafs.LocalFileSystem):
-        with replacing(path) as tmp:
+        with replacing(path, run) as tmp:
             tmp.write_bytes(data)
     else:  # object stores make an upload visible all at once
         with fs.open_output_stream(path) as f:

@@ -29,20 +29,27 @@ Same ``--seed``, same bytes: character ``i`` depends only on ``(seed, i)``.
 
 from __future__ import annotations
 
-import argparse
+import logging
 import math
 import os
 import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from enum import IntEnum
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
+from colorjob import cli
 from colorjob.conditions import Attribute, ConditionVocab
+from colorjob.imaging import dilate
+from colorjob.models import num_downs_for
+
+log = logging.getLogger(__name__)
 
 # ---- palettes ------------------------------------------------------------------------------
 HAIR_COLORS: dict[str, tuple[int, int, int]] = {
@@ -73,10 +80,27 @@ SHIRT_CUTS = ("tee", "vneck", "tank", "collar", "hoodie", "turtleneck")
 PATTERNS = ("plain", "stripes", "thin_stripes", "dots", "band", "logo")
 
 # ---- labels of the map ---------------------------------------------------------------------
-BG, FACE, SKIN2, HAIR, HAIR2, SHIRT, PATTERN, SHIRT2, EYE, PUPIL, LIPS, LINE = range(12)
-N_LABELS = 12
-HAIR_LABELS = (HAIR, HAIR2)
-SHIRT_LABELS = (SHIRT, PATTERN, SHIRT2)
+class Label(IntEnum):
+    """What a pixel of the label map shows (painted back to front; LINE is added last)."""
+
+    BG = 0
+    FACE = 1
+    SKIN2 = 2  # neck and ears
+    HAIR = 3
+    HAIR2 = 4  # hair behind the head
+    SHIRT = 5
+    PATTERN = 6
+    SHIRT2 = 7  # hood, collar, turtleneck
+    EYE = 8
+    PUPIL = 9
+    LIPS = 10
+    LINE = 11
+
+
+L = Label
+N_LABELS = len(Label)
+HAIR_LABELS = (L.HAIR, L.HAIR2)
+SHIRT_LABELS = (L.SHIRT, L.PATTERN, L.SHIRT2)
 SUPERSAMPLE = 4
 
 
@@ -182,40 +206,49 @@ class _Canvas:
             differ = a != b
             detail = (
                 differ
-                & ((a == PATTERN) | (b == PATTERN))
+                & ((a == L.PATTERN) | (b == L.PATTERN))
                 & np.isin(a, SHIRT_LABELS)
                 & np.isin(b, SHIRT_LABELS)
             )
             edge[e] |= differ & ~detail
             fine[e] |= detail
-        edge = _dilate(edge, max(1, int(round(self.pen))))
-        edge |= _dilate(fine, max(1, int(round(self.pen / 2))))
+        edge = dilate(edge, max(1, int(round(self.pen))))
+        edge |= dilate(fine, max(1, int(round(self.pen / 2))))
         for m, only in self.strokes:
             edge |= m if only is None else (m & np.isin(lab, only))
         out = lab.copy()
-        out[edge] = LINE
+        out[edge] = L.LINE
         return out
 
 
-def _dilate(m: np.ndarray, width: int) -> np.ndarray:
-    """Square max filter of ``width`` pixels (separable, no wrap-around at the borders)."""
-    lo, hi = (width - 1) // 2, width // 2
-    n = m.shape[0]
-    for axis in (0, 1):
-        p = np.pad(m, [(lo, hi) if a == axis else (0, 0) for a in (0, 1)])
-        out = np.zeros_like(m)
-        for s in range(width):
-            out |= p[s : s + n, :] if axis == 0 else p[:, s : s + n]
-        m = out
-    return m
-
-
 # ---- the character -------------------------------------------------------------------------
+@dataclass
+class Figure:
+    """Where a character's parts go (fractions of the image side), filled in as it is drawn."""
+
+    cx: float  # head centre
+    cy: float
+    rx: float  # head radii
+    ry: float
+    chin: float
+    shoulder_y: float
+    sw: float = 0.0  # half-width of the shoulders
+    neck_w: float = 0.0
+    ear_y: float = 0.0
+    hairline: float = 0.0
+    top: float = 0.0  # top of the hair
+    ey: float = 0.0  # eye line
+
+
 def draw_character(size: int, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-    """Draw one random character; returns its final label map (supersampled) and its traits."""
+    """Draw one random character; returns its final label map (supersampled) and its traits.
+
+    Parts are painted back to front: hair behind the head, torso, shirt pattern, neckline, head,
+    hair in front, face. Every random draw happens in this order, so ``(seed, i)`` fixes a
+    character.
+    """
     u = rng.uniform
-    pen = max(1.0, 0.0085 * size) * SUPERSAMPLE
-    c = _Canvas(size, pen)
+    c = _Canvas(size, max(1.0, 0.0085 * size) * SUPERSAMPLE)
     t = {
         "hair_style": HAIR_STYLES[rng.integers(len(HAIR_STYLES))],
         "fringe": FRINGES[rng.integers(len(FRINGES))],
@@ -223,92 +256,75 @@ def draw_character(size: int, rng: np.random.Generator) -> tuple[np.ndarray, dic
         "pattern": PATTERNS[rng.integers(len(PATTERNS))],
         "glasses": bool(u() < 0.2),
     }
-    cx = 0.5 + u(-0.03, 0.03)
-    rx = u(0.15, 0.185)
-    ry = rx * u(1.08, 1.25)
-    cy = u(0.36, 0.4)
-    chin = cy + ry
-    shoulder_y = min(0.8, chin + u(0.09, 0.14))
-    style = t["hair_style"]
+    cx, rx = 0.5 + u(-0.03, 0.03), u(0.15, 0.185)
+    ry, cy = rx * u(1.08, 1.25), u(0.36, 0.4)
+    f = Figure(cx, cy, rx, ry, chin=cy + ry, shoulder_y=min(0.8, cy + ry + u(0.09, 0.14)))
+    _back_hair(c, f, t["hair_style"], rng)
+    _torso(c, f, t["cut"], rng)
+    _pattern(c, f, t, rng, size)
+    _neckline(c, f, t["cut"], rng)
+    _head(c, f, rng)
+    _hair_cap(c, f, t["hair_style"], rng)
+    _fringe(c, f, t, rng)
+    _hair_details(c, f, t["hair_style"], rng)
+    _eyes(c, f, t, rng)
+    _nose_and_mouth(c, f, t, rng)
+    return c.ink(), t
 
-    # -- hair behind the head
+
+def _back_hair(c: _Canvas, f: Figure, style: str, rng: np.random.Generator) -> None:
+    """Hair that lies behind the head (long, bob, ponytail, pigtails, curls, bun)."""
+    u, cx, cy, rx, ry = rng.uniform, f.cx, f.cy, f.rx, f.ry
     if style == "long":
-        c.rect(
-            HAIR2,
-            cx - rx * 1.2,
-            cy - ry * 0.6,
-            cx + rx * 1.2,
-            chin + ry * u(0.5, 0.9),
-            radius=rx * 0.5,
-        )
+        c.rect(L.HAIR2, cx - rx * 1.2, cy - ry * 0.6, cx + rx * 1.2, f.chin + ry * u(0.5, 0.9), radius=rx * 0.5)  # fmt: skip
     elif style == "bob":
-        c.rect(
-            HAIR2,
-            cx - rx * 1.25,
-            cy - ry * 0.8,
-            cx + rx * 1.25,
-            cy + ry * u(0.55, 0.85),
-            radius=rx * 0.6,
-        )
+        c.rect(L.HAIR2, cx - rx * 1.25, cy - ry * 0.8, cx + rx * 1.25, cy + ry * u(0.55, 0.85), radius=rx * 0.6)  # fmt: skip
     elif style == "ponytail":
         side = rng.choice([-1, 1])
-        c.ellipse(HAIR2, cx + side * rx * 1.15, cy - ry * 0.1, rx * 0.35, ry * 0.75)
+        c.ellipse(L.HAIR2, cx + side * rx * 1.15, cy - ry * 0.1, rx * 0.35, ry * 0.75)
     elif style == "pigtails":
         for side in (-1, 1):
-            c.ellipse(HAIR2, cx + side * rx * 1.3, cy + ry * 0.35, rx * 0.32, ry * 0.55)
+            c.ellipse(L.HAIR2, cx + side * rx * 1.3, cy + ry * 0.35, rx * 0.32, ry * 0.55)
     elif style == "curly":
         n = 11
         for k in range(n):
             a = math.pi * (0.95 + 1.1 * k / (n - 1))
-            c.ellipse(
-                HAIR2,
-                cx + math.cos(a) * rx * 1.15,
-                cy - ry * 0.1 + math.sin(a) * ry * 1.05,
-                rx * 0.38,
-                rx * 0.38,
-            )
+            c.ellipse(L.HAIR2, cx + math.cos(a) * rx * 1.15, cy - ry * 0.1 + math.sin(a) * ry * 1.05, rx * 0.38, rx * 0.38)  # fmt: skip
     elif style == "bun":
-        c.ellipse(HAIR2, cx + u(-0.3, 0.3) * rx, cy - ry * 1.08, rx * 0.42, rx * 0.38)
+        c.ellipse(L.HAIR2, cx + u(-0.3, 0.3) * rx, cy - ry * 1.08, rx * 0.42, rx * 0.38)
 
-    # -- torso: shoulders and neck
-    sw = rx * u(2.3, 2.9)  # half-width of the shoulders
-    neck_w = rx * u(0.36, 0.46)
-    c.rect(SKIN2, cx - neck_w, cy + ry * 0.5, cx + neck_w, shoulder_y + 0.05)
-    cut = t["cut"]
+
+def _torso(c: _Canvas, f: Figure, cut: str, rng: np.random.Generator) -> None:
+    """Neck, shoulders and the shirt's body (sleeve seams; a tank top's straps)."""
+    u, cx, sy = rng.uniform, f.cx, f.shoulder_y
+    f.sw = f.rx * u(2.3, 2.9)
+    f.neck_w = nw = f.rx * u(0.36, 0.46)
+    c.rect(L.SKIN2, cx - nw, f.cy + f.ry * 0.5, cx + nw, sy + 0.05)
     if cut == "hoodie":
-        c.ellipse(SHIRT2, cx, shoulder_y - 0.01, neck_w * 2.6, 0.07)
-    body = (cx, shoulder_y + 0.28, sw, 0.3)
+        c.ellipse(L.SHIRT2, cx, sy - 0.01, nw * 2.6, 0.07)
+    body = (cx, sy + 0.28, f.sw, 0.3)
     if cut == "tank":
-        c.ellipse(SKIN2, *body)
-        strap = neck_w * 1.9
+        c.ellipse(L.SKIN2, *body)
+        strap = nw * 1.9
         c.polygon(
-            SHIRT,
+            L.SHIRT,
             [
-                (cx - strap, shoulder_y - 0.005),
-                (cx - strap + 0.035, shoulder_y - 0.005),
-                (cx, shoulder_y + 0.07),
-                (cx + strap - 0.035, shoulder_y - 0.005),
-                (cx + strap, shoulder_y - 0.005),
-                (cx + sw * 0.72, 1.02),
-                (cx - sw * 0.72, 1.02),
+                (cx - strap, sy - 0.005), (cx - strap + 0.035, sy - 0.005), (cx, sy + 0.07),
+                (cx + strap - 0.035, sy - 0.005), (cx + strap, sy - 0.005),
+                (cx + f.sw * 0.72, 1.02), (cx - f.sw * 0.72, 1.02),
             ],
-            only=(SKIN2,),
-        )
-    else:
-        c.ellipse(SHIRT, *body)
-        for side in (-1, 1):  # sleeve seams
-            c.arc(
-                cx + side * sw * 0.8,
-                shoulder_y + 0.2,
-                sw * 0.25,
-                0.2,
-                250 if side < 0 else 200,
-                340 if side < 0 else 290,
-                0.7,
-                only=(SHIRT,),
-            )
-    # -- pattern on the shirt body
-    pattern = t["pattern"]
+            only=(L.SKIN2,),
+        )  # fmt: skip
+        return
+    c.ellipse(L.SHIRT, *body)
+    for side in (-1, 1):  # sleeve seams
+        start, end = (250, 340) if side < 0 else (200, 290)
+        c.arc(cx + side * f.sw * 0.8, sy + 0.2, f.sw * 0.25, 0.2, start, end, 0.7, only=(L.SHIRT,))
+
+
+def _pattern(c: _Canvas, f: Figure, t: dict, rng: np.random.Generator, size: int) -> None:
+    """Stripes, dots, a band or a logo on the shirt body."""
+    u, cx, sy, pattern = rng.uniform, f.cx, f.shoulder_y, t["pattern"]
     # pattern ink: a tint of the shirt colour (light, so the shirt still reads as its colour
     # when a model works at a lower resolution than the data and the pattern blurs into it)
     t["pattern_tint"] = float(u(0.4, 0.6))
@@ -316,329 +332,208 @@ def draw_character(size: int, rng: np.random.Generator) -> tuple[np.ndarray, dic
         period = u(0.05, 0.07) if pattern == "stripes" else u(0.035, 0.045)
         period = max(period, 8 / size)  # small images: fewer, wider stripes instead of solid ink
         frac = 0.38 if pattern == "stripes" else 0.3
-        y = shoulder_y + u(0, period)
+        y = sy + u(0, period)
         while y < 1.0:
-            c.rect(PATTERN, 0, y, 1, y + period * frac, only=(SHIRT,))
+            c.rect(L.PATTERN, 0, y, 1, y + period * frac, only=(L.SHIRT,))
             y += period
     elif pattern == "dots":
         r = max(u(0.009, 0.014), 1.5 / size)
         step = r * u(4.0, 5.0)
-        for j, y in enumerate(np.arange(shoulder_y + step / 2, 1.0, step)):
-            for x in np.arange(cx - sw - (j % 2) * step / 2, cx + sw, step):
-                c.ellipse(PATTERN, x, y, r, r, only=(SHIRT,))
+        for j, y in enumerate(np.arange(sy + step / 2, 1.0, step)):
+            for x in np.arange(cx - f.sw - (j % 2) * step / 2, cx + f.sw, step):
+                c.ellipse(L.PATTERN, x, y, r, r, only=(L.SHIRT,))
     elif pattern == "band":
-        y = shoulder_y + u(0.07, 0.1)
-        c.rect(PATTERN, 0, y, 1, y + u(0.035, 0.05), only=(SHIRT,))
+        y = sy + u(0.07, 0.1)
+        c.rect(L.PATTERN, 0, y, 1, y + u(0.035, 0.05), only=(L.SHIRT,))
     elif pattern == "logo":
-        lx, ly, lr = cx + u(-0.3, 0.3) * sw, shoulder_y + u(0.09, 0.12), u(0.025, 0.035)
-        if rng.random() < 0.5:
-            pts = [
-                (
-                    lx + (lr if k % 2 == 0 else lr * 0.45) * math.sin(k * math.pi / 5),
-                    ly - (lr if k % 2 == 0 else lr * 0.45) * math.cos(k * math.pi / 5),
-                )
-                for k in range(10)
-            ]
-            c.polygon(PATTERN, pts, only=(SHIRT,))
+        lx, ly, lr = cx + u(-0.3, 0.3) * f.sw, sy + u(0.09, 0.12), u(0.025, 0.035)
+        if rng.random() < 0.5:  # a star
+            radii = [lr if k % 2 == 0 else lr * 0.45 for k in range(10)]
+            pts = [(lx + r * math.sin(k * math.pi / 5), ly - r * math.cos(k * math.pi / 5)) for k, r in enumerate(radii)]  # fmt: skip
+            c.polygon(L.PATTERN, pts, only=(L.SHIRT,))
         else:
-            c.ellipse(PATTERN, lx, ly, lr, lr, only=(SHIRT,))
-    # -- neckline and cut details
-    if cut == "tee":
-        c.paint(
-            SKIN2,
-            lambda d, n: d.chord(
-                [
-                    (cx - neck_w * 1.3) * n,
-                    (shoulder_y - 0.04) * n,
-                    (cx + neck_w * 1.3) * n,
-                    (shoulder_y + 0.04) * n,
-                ],
-                0,
-                180,
-                fill=255,
-            ),
-            only=(SHIRT, PATTERN),
-        )
+            c.ellipse(L.PATTERN, lx, ly, lr, lr, only=(L.SHIRT,))
+
+
+def _neckline(c: _Canvas, f: Figure, cut: str, rng: np.random.Generator) -> None:
+    """The cut's neckline and details: round, V, collar with buttons, turtleneck, hood."""
+    u, cx, sy, nw = rng.uniform, f.cx, f.shoulder_y, f.neck_w
+    body = (L.SHIRT, L.PATTERN)
+    if cut in ("tee", "hoodie"):
+        w, low = (1.3, 0.04) if cut == "tee" else (1.2, 0.05)
+        box = [(cx - nw * w), (sy - 0.04), (cx + nw * w), (sy + low)]
+        c.paint(L.SKIN2, lambda d, n: d.chord([v * n for v in box], 0, 180, fill=255), only=body)
+    if cut == "hoodie":
+        for side in (-1, 1):
+            x = cx + side * nw * 0.8
+            c.line([(x, sy + 0.03), (x + side * 0.005, sy + 0.12)], 0.8, only=SHIRT_LABELS)
     elif cut in ("vneck", "collar"):
         depth = u(0.06, 0.1)
-        c.polygon(
-            SKIN2,
-            [
-                (cx - neck_w * 1.15, shoulder_y - 0.01),
-                (cx + neck_w * 1.15, shoulder_y - 0.01),
-                (cx, shoulder_y + depth),
-            ],
-            only=(SHIRT, PATTERN),
-        )
+        c.polygon(L.SKIN2, [(cx - nw * 1.15, sy - 0.01), (cx + nw * 1.15, sy - 0.01), (cx, sy + depth)], only=body)  # fmt: skip
         if cut == "collar":
             for side in (-1, 1):
                 c.polygon(
-                    SHIRT2,
-                    [
-                        (cx + side * neck_w * 1.25, shoulder_y - 0.025),
-                        (cx + side * neck_w * 0.15, shoulder_y + depth * 0.95),
-                        (cx + side * neck_w * 2.3, shoulder_y + 0.035),
-                    ],
-                )
-            c.line([(cx, shoulder_y + depth), (cx, 1.0)], 0.8, only=SHIRT_LABELS)
+                    L.SHIRT2,
+                    [(cx + side * nw * 1.25, sy - 0.025), (cx + side * nw * 0.15, sy + depth * 0.95), (cx + side * nw * 2.3, sy + 0.035)],
+                )  # fmt: skip
+            c.line([(cx, sy + depth), (cx, 1.0)], 0.8, only=SHIRT_LABELS)
             for k in range(3):
-                yb = shoulder_y + depth + 0.04 + k * 0.05
-                c.ellipse(PUPIL, cx + 0.012, yb, 0.006, 0.006, only=SHIRT_LABELS)
+                c.ellipse(L.PUPIL, cx + 0.012, sy + depth + 0.04 + k * 0.05, 0.006, 0.006, only=SHIRT_LABELS)  # fmt: skip
     elif cut == "turtleneck":
-        c.rect(
-            SHIRT2,
-            cx - neck_w * 1.08,
-            shoulder_y - 0.07,
-            cx + neck_w * 1.08,
-            shoulder_y + 0.015,
-            radius=0.01,
-        )
+        c.rect(L.SHIRT2, cx - nw * 1.08, sy - 0.07, cx + nw * 1.08, sy + 0.015, radius=0.01)
         for k in range(1, 3):
-            c.line(
-                [
-                    (cx - neck_w * 1.05, shoulder_y - 0.07 + k * 0.027),
-                    (cx + neck_w * 1.05, shoulder_y - 0.07 + k * 0.027),
-                ],
-                0.6,
-                only=(SHIRT2,),
-            )
-    elif cut == "hoodie":
-        c.paint(
-            SKIN2,
-            lambda d, n: d.chord(
-                [
-                    (cx - neck_w * 1.2) * n,
-                    (shoulder_y - 0.04) * n,
-                    (cx + neck_w * 1.2) * n,
-                    (shoulder_y + 0.05) * n,
-                ],
-                0,
-                180,
-                fill=255,
-            ),
-            only=(SHIRT, PATTERN),
-        )
-        for side in (-1, 1):
-            x = cx + side * neck_w * 0.8
-            c.line(
-                [(x, shoulder_y + 0.03), (x + side * 0.005, shoulder_y + 0.12)],
-                0.8,
-                only=SHIRT_LABELS,
-            )
+            y = sy - 0.07 + k * 0.027
+            c.line([(cx - nw * 1.05, y), (cx + nw * 1.05, y)], 0.6, only=(L.SHIRT2,))
 
-    # -- ears and head
-    ear_y = cy + ry * u(0.0, 0.12)
+
+def _head(c: _Canvas, f: Figure, rng: np.random.Generator) -> None:
+    """Ears and the face shape (an ellipse, or a softer jaw with a rounded chin)."""
+    cx, cy, rx, ry = f.cx, f.cy, f.rx, f.ry
+    f.ear_y = cy + ry * rng.uniform(0.0, 0.12)
     for side in (-1, 1):
-        c.ellipse(SKIN2, cx + side * rx * 0.97, ear_y, rx * 0.17, ry * 0.2)
+        c.ellipse(L.SKIN2, cx + side * rx * 0.97, f.ear_y, rx * 0.17, ry * 0.2)
     if rng.random() < 0.5:
-        c.ellipse(FACE, cx, cy, rx, ry)
-    else:  # a softer jaw: ellipse on top, rounded chin
-        c.ellipse(FACE, cx, cy - ry * 0.1, rx, ry * 0.9)
-        c.polygon(
-            FACE,
-            [
-                (cx - rx * 0.985, cy - ry * 0.05),
-                (cx + rx * 0.985, cy - ry * 0.05),
-                (cx + rx * 0.45, chin - ry * 0.04),
-                (cx - rx * 0.45, chin - ry * 0.04),
-            ],
-        )
-        c.ellipse(FACE, cx, chin - ry * 0.12, rx * 0.47, ry * 0.09)
+        c.ellipse(L.FACE, cx, cy, rx, ry)
+        return
+    c.ellipse(L.FACE, cx, cy - ry * 0.1, rx, ry * 0.9)
+    jaw = [(cx - rx * 0.985, cy - ry * 0.05), (cx + rx * 0.985, cy - ry * 0.05),
+           (cx + rx * 0.45, f.chin - ry * 0.04), (cx - rx * 0.45, f.chin - ry * 0.04)]  # fmt: skip
+    c.polygon(L.FACE, jaw)
+    c.ellipse(L.FACE, cx, f.chin - ry * 0.12, rx * 0.47, ry * 0.09)
 
-    # -- hair in front: cap and fringe
-    hairline = cy - ry * u(0.3, 0.45)
-    top = cy - ry * u(1.05, 1.15)
+
+def _hair_cap(c: _Canvas, f: Figure, style: str, rng: np.random.Generator) -> None:
+    """The hair over the head: a buzz cut, or a cap with sideburns down to the ears."""
+    u, cx, cy, rx, ry = rng.uniform, f.cx, f.cy, f.rx, f.ry
+    f.hairline = hairline = cy - ry * u(0.3, 0.45)
+    f.top = top = cy - ry * u(1.05, 1.15)
     if style == "buzz":
-        c.paint(
-            HAIR,
-            lambda d, n: d.chord(
-                [(cx - rx * 1.02) * n, (top + 0.01) * n, (cx + rx * 1.02) * n, (cy + ry * 0.2) * n],
-                180,
-                360,
-                fill=255,
-            ),
-            only=(FACE, BG, HAIR2),
-        )
-    else:
-        c.paint(
-            HAIR,
-            lambda d, n: d.chord(
-                [(cx - rx * 1.1) * n, top * n, (cx + rx * 1.1) * n, (2 * hairline - top) * n],
-                180,
-                360,
-                fill=255,
-            ),
-        )
-        for side in (-1, 1):  # sideburns down to the ears
-            c.polygon(
-                HAIR,
-                [
-                    (cx + side * rx * 1.1, hairline - 0.005),
-                    (cx + side * rx * 0.78, hairline),
-                    (cx + side * rx * 0.9, ear_y - ry * 0.12),
-                    (cx + side * rx * 1.06, ear_y - ry * 0.1),
-                ],
-            )
-    fringe = t["fringe"] if style != "buzz" else "none"
-    fy = cy - ry * u(0.12, 0.22)  # lowest point of the fringe
+        box = [(cx - rx * 1.02), (top + 0.01), (cx + rx * 1.02), (cy + ry * 0.2)]
+        c.paint(L.HAIR, lambda d, n: d.chord([v * n for v in box], 180, 360, fill=255), only=(L.FACE, L.BG, L.HAIR2))  # fmt: skip
+        return
+    box = [(cx - rx * 1.1), top, (cx + rx * 1.1), (2 * hairline - top)]
+    c.paint(L.HAIR, lambda d, n: d.chord([v * n for v in box], 180, 360, fill=255))
+    for side in (-1, 1):  # sideburns down to the ears
+        c.polygon(
+            L.HAIR,
+            [(cx + side * rx * 1.1, hairline - 0.005), (cx + side * rx * 0.78, hairline),
+             (cx + side * rx * 0.9, f.ear_y - ry * 0.12), (cx + side * rx * 1.06, f.ear_y - ry * 0.1)],
+        )  # fmt: skip
+
+
+def _fringe(c: _Canvas, f: Figure, t: dict, rng: np.random.Generator) -> None:
+    """A straight, side or parted fringe (none on a buzz cut)."""
+    cx, cy, rx, ry, hairline = f.cx, f.cy, f.rx, f.ry, f.hairline
+    fringe = t["fringe"] if t["hair_style"] != "buzz" else "none"
+    fy = cy - ry * rng.uniform(0.12, 0.22)  # lowest point of the fringe
     if fringe == "straight":
-        c.rect(
-            HAIR,
-            cx - rx * 0.95,
-            hairline - 0.01,
-            cx + rx * 0.95,
-            fy,
-            radius=0.01,
-            only=(FACE, HAIR),
-        )
+        c.rect(L.HAIR, cx - rx * 0.95, hairline - 0.01, cx + rx * 0.95, fy, radius=0.01, only=(L.FACE, L.HAIR))  # fmt: skip
         for k in range(1, 4):
             x = cx - rx * 0.95 + k * rx * 0.475
-            c.line([(x, hairline), (x + rx * 0.03, fy - 0.004)], 0.6, only=(HAIR,))
+            c.line([(x, hairline), (x + rx * 0.03, fy - 0.004)], 0.6, only=(L.HAIR,))
     elif fringe == "side":
         s = rng.choice([-1, 1])
         c.polygon(
-            HAIR,
-            [
-                (cx - s * rx * 1.05, hairline - 0.02),
-                (cx + s * rx * 1.05, hairline - 0.02),
-                (cx + s * rx * 1.0, fy + 0.01),
-                (cx - s * rx * 0.3, hairline + 0.005),
-            ],
-            only=(FACE, HAIR, BG),
-        )
-        c.line(
-            [(cx - s * rx * 0.5, hairline - 0.005), (cx + s * rx * 0.6, fy - 0.01)],
-            0.6,
-            only=(HAIR,),
-        )
+            L.HAIR,
+            [(cx - s * rx * 1.05, hairline - 0.02), (cx + s * rx * 1.05, hairline - 0.02),
+             (cx + s * rx * 1.0, fy + 0.01), (cx - s * rx * 0.3, hairline + 0.005)],
+            only=(L.FACE, L.HAIR, L.BG),
+        )  # fmt: skip
+        c.line([(cx - s * rx * 0.5, hairline - 0.005), (cx + s * rx * 0.6, fy - 0.01)], 0.6, only=(L.HAIR,))  # fmt: skip
     elif fringe == "parted":
         for side in (-1, 1):
             c.polygon(
-                HAIR,
-                [
-                    (cx, hairline - 0.03),
-                    (cx + side * rx * 1.05, hairline - 0.01),
-                    (cx + side * rx * 0.98, fy + 0.02),
-                    (cx + side * rx * 0.45, hairline + 0.01),
-                ],
-                only=(FACE, HAIR, BG),
-            )
-        c.line([(cx, top + 0.015), (cx, hairline - 0.02)], 0.6, only=(HAIR,))
+                L.HAIR,
+                [(cx, hairline - 0.03), (cx + side * rx * 1.05, hairline - 0.01),
+                 (cx + side * rx * 0.98, fy + 0.02), (cx + side * rx * 0.45, hairline + 0.01)],
+                only=(L.FACE, L.HAIR, L.BG),
+            )  # fmt: skip
+        c.line([(cx, f.top + 0.015), (cx, hairline - 0.02)], 0.6, only=(L.HAIR,))
+
+
+def _hair_details(c: _Canvas, f: Figure, style: str, rng: np.random.Generator) -> None:
+    """Spikes, front curls, strands and hair ties."""
+    u, cx, cy, rx, ry, hairline, top = rng.uniform, f.cx, f.cy, f.rx, f.ry, f.hairline, f.top
     if style == "spiky":
         n = int(rng.integers(5, 8))
         for k in range(n):
             x0 = cx - rx * 1.05 + 2.1 * rx * k / n
             x1 = cx - rx * 1.05 + 2.1 * rx * (k + 1) / n
             base = top + (hairline - top) * 0.35 * abs((x0 + x1) / 2 - cx) / rx
-            c.polygon(
-                HAIR,
-                [
-                    (x0, base + 0.03),
-                    ((x0 + x1) / 2 + u(-0.01, 0.01), base - u(0.05, 0.09)),
-                    (x1, base + 0.03),
-                ],
-            )
+            tip = ((x0 + x1) / 2 + u(-0.01, 0.01), base - u(0.05, 0.09))
+            c.polygon(L.HAIR, [(x0, base + 0.03), tip, (x1, base + 0.03)])
     elif style == "curly":
         for k in range(7):
             x = cx - rx * 0.9 + 1.8 * rx * k / 6
-            c.ellipse(HAIR, x, hairline - 0.005, rx * 0.2, rx * 0.17, only=(FACE, HAIR, BG, HAIR2))
+            c.ellipse(L.HAIR, x, hairline - 0.005, rx * 0.2, rx * 0.17, only=(L.FACE, L.HAIR, L.BG, L.HAIR2))  # fmt: skip
     if style in ("short", "long", "bob", "bun", "ponytail", "pigtails"):  # a few strands
         for _ in range(2):
             x = cx + u(-0.6, 0.6) * rx
-            c.arc(x, hairline, rx * 0.35, (hairline - top) * 0.8, 200, 300, 0.6, only=(HAIR,))
-    if style in ("ponytail", "pigtails"):  # hair ties
-        sides = (-1, 1) if style == "pigtails" else ()
-        for side in sides:
-            c.line(
-                [(cx + side * rx * 1.05, cy + ry * 0.0), (cx + side * rx * 1.2, cy - ry * 0.05)],
-                1.2,
-            )
+            c.arc(x, hairline, rx * 0.35, (hairline - top) * 0.8, 200, 300, 0.6, only=(L.HAIR,))
+    if style == "pigtails":  # hair ties
+        for side in (-1, 1):
+            c.line([(cx + side * rx * 1.05, cy + ry * 0.0), (cx + side * rx * 1.2, cy - ry * 0.05)], 1.2)  # fmt: skip
 
-    # -- face
-    ey = cy + ry * u(0.02, 0.16)
+
+def _eyes(c: _Canvas, f: Figure, t: dict, rng: np.random.Generator) -> None:
+    """Eyes (dot, oval, big, closed), brows and sometimes glasses."""
+    u, cx, rx = rng.uniform, f.cx, f.rx
+    f.ey = ey = f.cy + f.ry * u(0.02, 0.16)
     ex = rx * u(0.36, 0.48)
-    eye = ("dot", "oval", "big", "closed")[rng.integers(4)]
-    t["eyes"] = eye
+    eye = t["eyes"] = ("dot", "oval", "big", "closed")[rng.integers(4)]
     for side in (-1, 1):
         x = cx + side * ex
         if eye == "dot":
-            c.ellipse(PUPIL, x, ey, rx * 0.075, rx * 0.09, only=(FACE,))
+            c.ellipse(L.PUPIL, x, ey, rx * 0.075, rx * 0.09, only=(L.FACE,))
         elif eye == "oval":
-            c.ellipse(EYE, x, ey, rx * 0.16, rx * 0.1, only=(FACE,))
-            c.ellipse(PUPIL, x + u(-0.02, 0.02) * rx, ey, rx * 0.07, rx * 0.07, only=(EYE,))
+            c.ellipse(L.EYE, x, ey, rx * 0.16, rx * 0.1, only=(L.FACE,))
+            c.ellipse(L.PUPIL, x + u(-0.02, 0.02) * rx, ey, rx * 0.07, rx * 0.07, only=(L.EYE,))
         elif eye == "big":
-            c.ellipse(EYE, x, ey, rx * 0.15, rx * 0.2, only=(FACE,))
-            c.ellipse(PUPIL, x, ey + rx * 0.03, rx * 0.1, rx * 0.14, only=(EYE,))
-            c.ellipse(EYE, x + rx * 0.04, ey - rx * 0.02, rx * 0.035, rx * 0.035, only=(PUPIL,))
+            c.ellipse(L.EYE, x, ey, rx * 0.15, rx * 0.2, only=(L.FACE,))
+            c.ellipse(L.PUPIL, x, ey + rx * 0.03, rx * 0.1, rx * 0.14, only=(L.EYE,))
+            c.ellipse(L.EYE, x + rx * 0.04, ey - rx * 0.02, rx * 0.035, rx * 0.035, only=(L.PUPIL,))  # fmt: skip
         else:
-            c.arc(x, ey + rx * 0.04, rx * 0.13, rx * 0.09, 200, 340, 1.0, only=(FACE,))
-        # brow
-        by = ey - rx * u(0.24, 0.32)
+            c.arc(x, ey + rx * 0.04, rx * 0.13, rx * 0.09, 200, 340, 1.0, only=(L.FACE,))
+        by = ey - rx * u(0.24, 0.32)  # the brow
         tilt = u(-0.04, 0.04) * rx * side
-        c.line(
-            [(x - rx * 0.15, by + tilt), (x + rx * 0.15, by - tilt)], u(0.9, 1.6), only=(FACE, HAIR)
-        )
-    if t["glasses"]:
-        square = rng.random() < 0.5
-        for side in (-1, 1):
-            x = cx + side * ex
-            r = rx * 0.24
-            if square:
-                c.stroke(
-                    lambda d, n, w, x=x, r=r: d.rounded_rectangle(
-                        [(x - r) * n, (ey - r * 0.75) * n, (x + r) * n, (ey + r * 0.75) * n],
-                        radius=r * 0.3 * n,
-                        outline=255,
-                        width=w,
-                    ),
-                    0.8,
-                )
-            else:
-                c.stroke(
-                    lambda d, n, w, x=x, r=r: d.ellipse(
-                        [(x - r) * n, (ey - r * 0.85) * n, (x + r) * n, (ey + r * 0.85) * n],
-                        outline=255,
-                        width=w,
-                    ),
-                    0.8,
-                )
-        c.line([(cx - ex + rx * 0.24, ey), (cx + ex - rx * 0.24, ey)], 0.8)
-    # nose
+        c.line([(x - rx * 0.15, by + tilt), (x + rx * 0.15, by - tilt)], u(0.9, 1.6), only=(L.FACE, L.HAIR))  # fmt: skip
+    if not t["glasses"]:
+        return
+    square = rng.random() < 0.5
+    for side in (-1, 1):
+        x, r = cx + side * ex, rx * 0.24
+        if square:
+            box = [(x - r), (ey - r * 0.75), (x + r), (ey + r * 0.75)]
+            c.stroke(lambda d, n, w, box=box, r=r: d.rounded_rectangle([v * n for v in box], radius=r * 0.3 * n, outline=255, width=w), 0.8)  # fmt: skip
+        else:
+            box = [(x - r), (ey - r * 0.85), (x + r), (ey + r * 0.85)]
+            c.stroke(lambda d, n, w, box=box: d.ellipse([v * n for v in box], outline=255, width=w), 0.8)  # fmt: skip
+    c.line([(cx - ex + rx * 0.24, ey), (cx + ex - rx * 0.24, ey)], 0.8)
+
+
+def _nose_and_mouth(c: _Canvas, f: Figure, t: dict, rng: np.random.Generator) -> None:
+    """A nose (line, arc or dot) and a mouth (smile, flat, open, o)."""
+    u, cx, rx, ey, chin = rng.uniform, f.cx, f.rx, f.ey, f.chin
     ny = ey + (chin - ey) * u(0.3, 0.42)
     nose = rng.integers(3)
     if nose == 0:
-        c.line(
-            [(cx, ny - rx * 0.1), (cx - rx * 0.05, ny), (cx + rx * 0.02, ny + rx * 0.02)],
-            0.7,
-            only=(FACE,),
-        )
+        c.line([(cx, ny - rx * 0.1), (cx - rx * 0.05, ny), (cx + rx * 0.02, ny + rx * 0.02)], 0.7, only=(L.FACE,))  # fmt: skip
     elif nose == 1:
-        c.arc(cx, ny, rx * 0.07, rx * 0.05, 20, 160, 0.7, only=(FACE,))
+        c.arc(cx, ny, rx * 0.07, rx * 0.05, 20, 160, 0.7, only=(L.FACE,))
     else:
-        c.ellipse(PUPIL, cx, ny, rx * 0.025, rx * 0.02, only=(FACE,))
-    # mouth
+        c.ellipse(L.PUPIL, cx, ny, rx * 0.025, rx * 0.02, only=(L.FACE,))
     my = ey + (chin - ey) * u(0.62, 0.72)
     mw = rx * u(0.18, 0.32)
-    mouth = ("smile", "flat", "open", "o")[rng.integers(4)]
-    t["mouth"] = mouth
+    mouth = t["mouth"] = ("smile", "flat", "open", "o")[rng.integers(4)]
     if mouth == "smile":
-        c.arc(cx, my - mw * 0.5, mw, mw * 0.6, 20, 160, 0.9, only=(FACE,))
+        c.arc(cx, my - mw * 0.5, mw, mw * 0.6, 20, 160, 0.9, only=(L.FACE,))
     elif mouth == "flat":
-        c.line([(cx - mw * 0.7, my), (cx + mw * 0.7, my + u(-0.004, 0.004))], 0.9, only=(FACE,))
+        c.line([(cx - mw * 0.7, my), (cx + mw * 0.7, my + u(-0.004, 0.004))], 0.9, only=(L.FACE,))
     elif mouth == "open":
-        c.paint(
-            LIPS,
-            lambda d, n: d.chord(
-                [(cx - mw) * n, (my - mw * 0.6) * n, (cx + mw) * n, (my + mw * 0.6) * n],
-                0,
-                180,
-                fill=255,
-            ),
-            only=(FACE,),
-        )
+        box = [(cx - mw), (my - mw * 0.6), (cx + mw), (my + mw * 0.6)]
+        c.paint(L.LIPS, lambda d, n: d.chord([v * n for v in box], 0, 180, fill=255), only=(L.FACE,))  # fmt: skip
     else:
-        c.ellipse(LIPS, cx, my, mw * 0.35, mw * 0.42, only=(FACE,))
-    return c.ink(), t
+        c.ellipse(L.LIPS, cx, my, mw * 0.35, mw * 0.42, only=(L.FACE,))
 
 
 def coverage(labels: np.ndarray, size: int) -> np.ndarray:
@@ -653,11 +548,11 @@ def coverage(labels: np.ndarray, size: int) -> np.ndarray:
 
 def color_table(hair, shirt, pattern_tint: float = 0.5) -> np.ndarray:
     table = np.zeros((N_LABELS, 3), np.float64)
-    table[BG], table[FACE], table[SKIN2] = BACKGROUND, SKIN, SKIN
-    table[HAIR] = table[HAIR2] = hair
-    table[SHIRT] = table[SHIRT2] = shirt
-    table[PATTERN] = _mix(shirt, PAPER, pattern_tint)
-    table[EYE], table[PUPIL], table[LIPS], table[LINE] = EYE_WHITE, DARK, MOUTH, INK
+    table[L.BG], table[L.FACE], table[L.SKIN2] = BACKGROUND, SKIN, SKIN
+    table[L.HAIR] = table[L.HAIR2] = hair
+    table[L.SHIRT] = table[L.SHIRT2] = shirt
+    table[L.PATTERN] = _mix(shirt, PAPER, pattern_tint)
+    table[L.EYE], table[L.PUPIL], table[L.LIPS], table[L.LINE] = EYE_WHITE, DARK, MOUTH, INK
     return table
 
 
@@ -668,7 +563,7 @@ def render(cov: np.ndarray, table: np.ndarray) -> Image.Image:
 
 def sketch_table() -> np.ndarray:
     table = np.full((N_LABELS, 3), 255.0)
-    table[LINE] = INK
+    table[L.LINE] = INK
     return table
 
 
@@ -717,10 +612,7 @@ def generate(
     """Write a synthetic dataset of ``sketches`` characters x 25 colourings to ``out``."""
     if sketches < 1:
         raise ValueError("--sketches must be at least 1")
-    if size < 16 or size & (size - 1):
-        raise ValueError(
-            f"--size must be a power of two >= 16 (the networks halve it per block), got {size}"
-        )
+    num_downs_for(size)  # the networks' rule: a power of two >= 32
     out = Path(out)
     for sub in ("sketches", "colored", "masks"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -740,44 +632,38 @@ def generate(
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m colorjob.synth",
-        description="Generate a synthetic sketch-colorization dataset in the seed's format: "
-        "N character sketches x 25 colourings (5 hair x 5 shirt colours), with hair/shirt masks "
-        "and metadata.csv (input, output, hair, shirt).",
+def build_parser(prog: str = "python -m colorjob.synth"):
+    p = cli.parser(
+        prog,
+        "Generate a synthetic sketch-colorization dataset in the seed's format: N character "
+        "sketches x 25 colourings (5 hair x 5 shirt colours), with hair/shirt masks and "
+        "metadata.csv (input, output, hair, shirt).",
+        config=False,
     )
-    p.add_argument(
-        "--out", required=True, help="folder to write the dataset into (created if missing)"
-    )
-    p.add_argument(
-        "--sketches", type=int, default=10, help="number of characters (default 10, as the seed)"
-    )
-    p.add_argument(
-        "--seed", type=int, default=0, help="random seed; same seed -> same bytes (default 0)"
-    )
-    p.add_argument(
-        "--size", type=int, default=256, help="image side in pixels, a power of two (default 256)"
-    )
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=0,
-        help="processes to draw with (default: one per CPU, up to 8)",
-    )
-    a = p.parse_args(argv)
-    t0 = time.perf_counter()
-    try:
-        out = generate(a.out, a.sketches, seed=a.seed, size=a.size, workers=a.workers)
-    except ValueError as e:
-        p.error(str(e))
-    n = a.sketches * len(HAIR_COLORS) * len(SHIRT_COLORS)
-    print(
-        f"wrote {a.sketches} sketches x 25 colourings = {n} pairs in {time.perf_counter() - t0:.1f}s"
-    )
-    print(f"dataset:       {out / 'metadata.csv'}")
-    print(f"contact sheet: {out / 'contact_sheet.png'}")
-    return 0
+    p.add_argument("--out", required=True, help="folder to write the dataset into (created if missing)")
+    p.add_argument("--sketches", type=int, default=10, help="number of characters (default 10, as the seed)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; same seed -> same bytes (default 0)")
+    p.add_argument("--size", type=int, default=256, help="image side in pixels, a power of two >= 32 (default 256)")
+    p.add_argument("--workers", type=int, default=0, help="processes to draw with (default: one per CPU, up to 8)")
+    return p  # fmt: skip
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    p = build_parser(prog or "python -m colorjob.synth")
+
+    def command(a) -> int:
+        t0 = time.perf_counter()
+        try:
+            out = generate(a.out, a.sketches, seed=a.seed, size=a.size, workers=a.workers)
+        except ValueError as e:
+            p.error(f"--size/--sketches: {e}")
+        n = a.sketches * len(HAIR_COLORS) * len(SHIRT_COLORS)
+        log.info(f"wrote {a.sketches} sketches x 25 colourings = {n} pairs in {time.perf_counter() - t0:.1f}s")  # fmt: skip
+        log.info(f"dataset:       {out / 'metadata.csv'}")
+        log.info(f"contact sheet: {out / 'contact_sheet.png'}")
+        return 0
+
+    return cli.run(p, command, argv)
 
 
 if __name__ == "__main__":

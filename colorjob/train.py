@@ -1,35 +1,36 @@
 """Train the conditional GAN: one function, one config, one checkpoint dict.
 
-    python -m colorjob.train --config configs/cpu.yaml --data data/chars-64 --out runs/cpu
-    python -m colorjob.train --config configs/cpu.yaml --out runs/cpu --resume --epochs 30
+    colorjob train --config configs/cpu.yaml --data data/chars-64 --out runs/cpu
+    colorjob train --config configs/cpu.yaml --out runs/cpu --resume --epochs 30
 
 :func:`train` runs a whole training run from a :class:`TrainConfig`. The command line, a Ray Tune
 trial (``colorjob.tune``: it passes a ``report`` callback) and the tests all call it; nothing here
 knows about Ray. Accelerate runs the same loop on a CPU, one GPU, or several GPUs under
 ``accelerate launch -m colorjob.train ...``.
 
-Objective (pix2pix): D sees (image, sketch, condition planes) and learns real vs fake; G minimises
+Objective (pix2pix): D sees (image, sketch, condition) and learns real vs fake; G minimises
 ``lambda_adv * adversarial + lambda_l1 * L1``. The decoded dataset is small (the seed: 250 pairs),
-so it is kept on the device as uint8 and batches are gathered there: a GPU never waits on PNG
-decoding.
+so it is kept on the device as uint8 and batches are gathered there (:class:`colorjob.data.DeviceSet`):
+a GPU never waits on PNG decoding.
 
 Every epoch writes ``OUT/metrics.csv`` (losses and validation L1 / PSNR / condition fidelity on
-held-out sketches), ``OUT/samples/epoch_NNN.png`` (validation sketches x conditions),
-``OUT/loss.png``, ``OUT/checkpoints/last.pt`` (and ``best.pt`` by validation L1), and exports the
-best generator to ``OUT/best/`` (see :mod:`colorjob.export`).
+held-out sketches, see :mod:`colorjob.evaluate`), ``OUT/samples/epoch_NNN.png``, ``OUT/loss.png``,
+``OUT/checkpoints/last.pt`` (and ``best.pt`` by validation L1, see :mod:`colorjob.checkpoint`), and
+exports the best generator to ``OUT/best/`` (see :mod:`colorjob.export`). ``OUT/config.yaml`` is
+the resolved configuration the run was started with.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
+import logging
 import math
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -39,22 +40,25 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
+from colorjob import checkpoint, cli, storage
 from colorjob import config as cfgmod
-from colorjob import storage
+from colorjob.checkpoint import load as load_checkpoint
 from colorjob.conditions import ConditionVocab
-from colorjob.data import DatasetError, PairDataset, load_splits, to_uint8, to_unit
+from colorjob.data import DatasetError, DeviceSet, EpochSampler, epoch_seed, load_splits
+from colorjob.evaluate import region_masks, sample_grid, save_samples, validate
 from colorjob.export import ModelError, export_generator
-from colorjob.metrics import fidelity_hits, l1, psnr
-from colorjob.models import Discriminator, GANLoss, Generator, set_requires_grad
-from colorjob.plots import plot_curves, save_grid
+from colorjob.models import Discriminator, GANLoss, Generator, num_downs_for, set_requires_grad
+from colorjob.plots import plot_curves
 
-CHECKPOINT_FORMAT = "colorjob.checkpoint"
+__all__ = ["METRIC_COLUMNS", "NonFiniteLossError", "TrainConfig", "load_checkpoint", "main", "train"]
+
+log = logging.getLogger(__name__)
+
 METRIC_COLUMNS = [
     "epoch", "g_adv", "g_l1", "d_real", "d_fake", "val_l1", "val_psnr", "val_fidelity",
     "lr_g", "lr_d", "samples_per_s", "seconds",
 ]  # fmt: skip
-# Config keys that shape the networks or the data: a checkpoint only resumes under the same ones.
-ARCHITECTURE_KEYS = ("image_size", "ngf", "ndf", "d_layers")
+LOSS_NAMES = ["g_adv", "g_l1", "d_real", "d_fake", "g_total"]
 
 
 @dataclass
@@ -64,7 +68,7 @@ class TrainConfig:
     data: str = "data/chars"  # dataset folder (metadata.csv + images), see colorjob.data
     out: str = "runs/train"  # where metrics, samples, checkpoints and best/ go
     # networks
-    image_size: int = 256  # square side; the U-Net depth follows (256 -> 8 blocks)
+    image_size: int = 256  # square side, a power of two >= 32; the U-Net depth follows (256 -> 8)
     ngf: int = 64  # generator base width
     ndf: int = 64  # discriminator base width
     d_layers: int = 3  # PatchGAN layers (3 = 70x70 receptive field)
@@ -93,13 +97,36 @@ class TrainConfig:
     sample_sketches: int = 4  # rows of the per-epoch sample grid
     sample_conditions: int = 5  # generated columns of the sample grid
     eval_batch_size: int = 64
+    log_with: Literal["none", "tensorboard"] = "none"  # tensorboard: curves in OUT/tensorboard
+
+    def __post_init__(self) -> None:
+        r = cfgmod.check_range
+        if not self.data.strip() or not self.out.strip():
+            raise cfgmod.ConfigError("data and out must be non-empty paths or URIs")
+        try:
+            num_downs_for(self.image_size)
+        except ValueError as e:
+            raise cfgmod.ConfigError(f"image_size: {e}") from None
+        for key in ("ngf", "ndf", "d_layers", "epochs", "batch_size", "checkpoint_every"):
+            r(key, getattr(self, key), 1)
+        for key in ("sample_sketches", "sample_conditions", "eval_batch_size"):
+            r(key, getattr(self, key), 1)
+        r("d_layers", self.d_layers, 1, num_downs_for(self.image_size) - 2)
+        r("dropout", self.dropout, 0, 1, high_open=True)
+        for key in ("lambda_adv", "lambda_l1"):  # NaN/inf pass: step 1 stops with a clear error
+            r(key, getattr(self, key), 0, finite=False)
+        r("lr_g", self.lr_g, 0, 1, low_open=True)
+        r("lr_d", self.lr_d, 0, 1, low_open=True)
+        r("beta1", self.beta1, 0, 1, high_open=True)
+        r("beta2", self.beta2, 0, 1, high_open=True)
+        r("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)
+        r("lr_decay_start", self.lr_decay_start, 0, self.epochs, high_open=True)
 
 
 class NonFiniteLossError(RuntimeError):
     """A loss became NaN or infinite; training stops (the last checkpoint is intact)."""
 
 
-# ---- schedule and sampling ---------------------------------------------------------------------
 def lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
     """pix2pix 'linear' policy: constant, then linear decay to 0 over the remaining epochs."""
 
@@ -113,111 +140,9 @@ def lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
     return f
 
 
-class EpochSampler(torch.utils.data.Sampler):
-    """A permutation that depends only on (seed, epoch): resuming at epoch k replays epoch k."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 1
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
-
-    def __len__(self) -> int:
-        return self.n
-
-
-class DeviceSet:
-    """A split's decoded images as uint8 tensors on the device; batches are gathered by index."""
-
-    def __init__(self, ds: PairDataset, device: torch.device):
-        t = ds.tensors()
-        self.sketches = t["sketches"].to(device)
-        self.sketch_index = t["sketch_index"].to(device)
-        self.targets = t["targets"].to(device)
-        self.conditions = t["conditions"].to(device)
-        self.onehot = ds.vocab.one_hot(self.conditions)  # (N, C) once, not per step
-        self.vocab, self.size = ds.vocab, ds.image_size
-
-    def __len__(self) -> int:
-        return self.targets.shape[0]
-
-    def batch(self, idx: torch.Tensor, flip: bool = False, channels_last: bool = False):
-        sketch = to_unit(self.sketches[self.sketch_index[idx]])
-        target = to_unit(self.targets[idx])
-        if flip:
-            f = (torch.rand(idx.shape[0], device=idx.device) < 0.5)[:, None, None, None]
-            sketch, target = (
-                torch.where(f, sketch.flip(-1), sketch),
-                torch.where(f, target.flip(-1), target),
-            )
-        planes = self.onehot[idx][:, :, None, None].expand(-1, -1, self.size, self.size)
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        return sketch.contiguous(memory_format=fmt), target.contiguous(memory_format=fmt), planes
-
-
-# ---- checkpoints -------------------------------------------------------------------------------
-def _save_atomic(obj: dict, path: Path) -> None:
-    with storage.replacing(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """A training checkpoint, loaded without unpickling arbitrary objects."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "last.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}: nothing to resume")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise ModelError(f"{path} is not a colorjob training checkpoint")
-    return state
-
-
-# ---- one optimisation step ----------------------------------------------------------------------
-LOSS_NAMES = ["g_adv", "g_l1", "d_real", "d_fake", "g_total"]
-
-
-def make_step(accelerator: Accelerator, G, D, opt_g, opt_d, cfg: TrainConfig):
-    """The pix2pix update on prepared networks: ``step(sketch, target, planes)`` -> loss vector.
-
-    Returns the detached losses (``LOSS_NAMES``) without a device sync.
-    """
-    d_raw = accelerator.unwrap_model(D)
-    gan = GANLoss(cfg.gan_mode).to(accelerator.device)
-
-    def step(sketch: torch.Tensor, target: torch.Tensor, planes: torch.Tensor) -> torch.Tensor:
-        with accelerator.autocast():
-            fake = G(torch.cat([sketch, planes], 1))
-            # D: real -> 1, fake -> 0; two passes as pix2pix (own BatchNorm statistics each),
-            # gradients accumulated locally and synchronised once.
-            set_requires_grad(d_raw, True)
-            opt_d.zero_grad(set_to_none=True)
-            with accelerator.no_sync(D):
-                d_fake = gan(D(torch.cat([fake.detach(), sketch, planes], 1)), False)
-                accelerator.backward(0.5 * d_fake)
-            d_real = gan(D(torch.cat([target, sketch, planes], 1)), True)
-            accelerator.backward(0.5 * d_real)
-            opt_d.step()
-            # G: fool D (through the unwrapped D: no gradient sync, D frozen) + stay close in L1
-            set_requires_grad(d_raw, False)
-            opt_g.zero_grad(set_to_none=True)
-            g_adv = gan(d_raw(torch.cat([fake, sketch, planes], 1)), True)
-            g_l1 = F.l1_loss(fake.float(), target)
-            g_total = cfg.lambda_adv * g_adv + cfg.lambda_l1 * g_l1
-            accelerator.backward(g_total)
-            opt_g.step()
-        return torch.stack([g_adv, g_l1, d_real, d_fake, g_total]).detach().float()
-
-    return step
-
-
+# ---- networks and one optimisation step ----------------------------------------------------------
 def build_networks(cfg: TrainConfig, n_conditions: int, cuda: bool):
-    """Generator, discriminator and their Adam optimisers for ``n_conditions`` one-hot planes."""
+    """Generator, discriminator and their Adam optimisers for ``n_conditions`` condition planes."""
     G = Generator(3 + n_conditions, 3, cfg.image_size, cfg.ngf, cfg.dropout)
     D = Discriminator(6 + n_conditions, cfg.ndf, cfg.d_layers)
     if cuda and cfg.channels_last:
@@ -228,30 +153,77 @@ def build_networks(cfg: TrainConfig, n_conditions: int, cuda: bool):
     return G, D, opt_g, opt_d
 
 
-# ---- one run -----------------------------------------------------------------------------------
-def train(
-    cfg: TrainConfig,
-    resume: bool | str | Path = False,
-    report: Callable[[dict, Path | None], None] | None = None,
-) -> dict:
-    """Run (or resume) a training run; returns a summary dict (best epoch, its metrics, paths).
+def make_step(accelerator: Accelerator, G, D, opt_g, opt_d, cfg: TrainConfig):
+    """The pix2pix update on prepared networks: ``step(sketch, target, cond)`` -> loss vector.
 
-    ``resume``: True resumes from ``OUT/checkpoints/last.pt``; a path resumes from that file (or
-    directory). ``report(metrics, checkpoint_dir)`` is called after every epoch (Ray Tune passes
-    one; ``checkpoint_dir`` is None on epochs that saved no checkpoint).
+    Returns the detached losses (``LOSS_NAMES``) without a device sync.
     """
-    _check(cfg)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
-    device = accelerator.device
-    cuda = device.type == "cuda"
-    main = accelerator.is_main_process
-    out = Path(cfg.out)
-    ckpt_dir = out / "checkpoints"
+    d_raw = accelerator.unwrap_model(D)
+    gan = GANLoss(cfg.gan_mode).to(accelerator.device)
 
+    def step(sketch: torch.Tensor, target: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        with accelerator.autocast():
+            fake = G(sketch, cond)
+            # D: real -> 1, fake -> 0; two passes as pix2pix (own BatchNorm statistics each),
+            # gradients accumulated locally and synchronised once.
+            set_requires_grad(d_raw, True)
+            opt_d.zero_grad(set_to_none=True)
+            with accelerator.no_sync(D):
+                d_fake = gan(D(torch.cat([fake.detach(), sketch], 1), cond), False)
+                accelerator.backward(0.5 * d_fake)
+            d_real = gan(D(torch.cat([target, sketch], 1), cond), True)
+            accelerator.backward(0.5 * d_real)
+            opt_d.step()
+            # G: fool D (through the unwrapped D: no gradient sync, D frozen) + stay close in L1
+            set_requires_grad(d_raw, False)
+            opt_g.zero_grad(set_to_none=True)
+            g_adv = gan(d_raw(torch.cat([fake, sketch], 1), cond), True)
+            g_l1 = F.l1_loss(fake.float(), target)
+            g_total = cfg.lambda_adv * g_adv + cfg.lambda_l1 * g_l1
+            accelerator.backward(g_total)
+            opt_g.step()
+        return torch.stack([g_adv, g_l1, d_real, d_fake, g_total]).detach().float()
+
+    return step
+
+
+# ---- one run -------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """Everything a training run holds between epochs."""
+
+    cfg: TrainConfig
+    accelerator: Accelerator
+    vocab: ConditionVocab
+    train_set: DeviceSet
+    val_set: DeviceSet
+    val_masks: list | None
+    grid: dict
+    nets: dict  # generator, discriminator (unwrapped), opt_g, opt_d, sched_g, sched_d
+    loader: torch.utils.data.DataLoader
+    sampler: EpochSampler
+    step: Callable
+    start: int = 1
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"val_l1": math.inf, "epoch": 0})
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+
+def setup(cfg: TrainConfig, resume: bool | str | Path = False) -> Run:
+    """Data, networks, optimisers and (when resuming) their restored state."""
+    kwargs = {"log_with": "tensorboard", "project_dir": cfg.out} if cfg.log_with != "none" else {}
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, **kwargs)
     state = None
     if resume:
-        state = load_checkpoint(ckpt_dir if resume is True else resume)
-        _check_compatible(cfg, state)
+        state = checkpoint.load(Path(cfg.out) / "checkpoints" if resume is True else resume)
+        checkpoint.check_compatible(cfgmod.to_dict(cfg), state)
     set_seed(cfg.seed)
     data_dir = storage.local_copy(cfg.data)  # a URI (s3://...) is fetched once per node
     train_ds, val_ds = load_splits(data_dir, cfg.image_size, cfg.val_fraction, cfg.seed, cfg.split)
@@ -267,172 +239,159 @@ def train(
             f"the checkpoint was trained on conditions {ConditionVocab.from_dict(state['conditions'])} "
             f"but {cfg.data} has {vocab}"
         )
-
+    cuda = accelerator.device.type == "cuda"
     G, D, opt_g, opt_d = build_networks(cfg, vocab.num_channels, cuda)
-    if state is not None:
-        G.load_state_dict(state["generator"])
-        D.load_state_dict(state["discriminator"])
     sampler = EpochSampler(len(train_ds), cfg.seed)
     loader = torch.utils.data.DataLoader(
         list(range(len(train_ds))), batch_size=cfg.batch_size, sampler=sampler
     )
     G, D, opt_g, opt_d, loader = accelerator.prepare(G, D, opt_g, opt_d, loader)
-    sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, lr_factor(cfg))
-    sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, lr_factor(cfg))
-    history: list[dict] = []
-    best = {"val_l1": math.inf, "epoch": 0}
-    start = 1
+    nets = {
+        "generator": accelerator.unwrap_model(G), "discriminator": accelerator.unwrap_model(D),
+        "opt_g": opt_g, "opt_d": opt_d,
+        "sched_g": torch.optim.lr_scheduler.LambdaLR(opt_g, lr_factor(cfg)),
+        "sched_d": torch.optim.lr_scheduler.LambdaLR(opt_d, lr_factor(cfg)),
+    }  # fmt: skip
+    device = accelerator.device
+    val_set = DeviceSet(val_ds, device)
+    run = Run(
+        cfg, accelerator, vocab, DeviceSet(train_ds, device), val_set, region_masks(val_ds),
+        sample_grid(val_set, cfg.sample_sketches, cfg.sample_conditions), nets, loader, sampler,
+        make_step(accelerator, G, D, opt_g, opt_d, cfg),
+    )  # fmt: skip
     if state is not None:
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        sched_g.load_state_dict(state["sched_g"])
-        sched_d.load_state_dict(state["sched_d"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if cuda and state["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        history = [h for h in state["history"] if h["epoch"] <= state["epoch"]]
-        best = dict(state["best"])
-        start = state["epoch"] + 1
-    g_raw, d_raw = accelerator.unwrap_model(G), accelerator.unwrap_model(D)
-    step = make_step(accelerator, G, D, opt_g, opt_d, cfg)
-    train_set, val_set = DeviceSet(train_ds, device), DeviceSet(val_ds, device)
-    val_masks = _masks(val_ds)
-    grid = _sample_grid(val_set, cfg)
-    cl = cuda and cfg.channels_last
-
-    if main:
-        (out / "samples").mkdir(parents=True, exist_ok=True)
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        accelerator.print(
+        run.start, run.history, run.best = checkpoint.restore(state, nets)
+    if run.is_main:
+        (run.out / "samples").mkdir(parents=True, exist_ok=True)
+        (run.out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        with storage.replacing(run.out / "config.yaml") as tmp:
+            tmp.write_text(cfgmod.dump(cfg))
+        n = accelerator.num_processes
+        log.info(
             f"colorjob.train: {len(train_ds)} train / {len(val_ds)} val pairs "
             f"({train_ds.metadata['input'].nunique()} / {val_ds.metadata['input'].nunique()} sketches, "
             f"split by {cfg.split}), {cfg.image_size}px, conditions {vocab}, device {device}"
-            f"{f' x{accelerator.num_processes}' if accelerator.num_processes > 1 else ''}, "
-            f"precision {cfg.mixed_precision}, epochs {start}..{cfg.epochs}"
+            f"{f' x{n}' if n > 1 else ''}, precision {cfg.mixed_precision}, "
+            f"epochs {run.start}..{cfg.epochs}"
         )
-    if start > cfg.epochs:
-        accelerator.print(
-            f"already trained {start - 1} epochs (>= epochs={cfg.epochs}): nothing to do"
-        )
+    if cfg.log_with != "none":
+        hparams = {k: v for k, v in cfgmod.to_dict(cfg).items() if isinstance(v, int | float | str)}
+        accelerator.init_trackers("tensorboard", config=hparams)
+    return run
 
-    for epoch in range(start, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        set_seed(
-            cfg.seed * 1000 + epoch, device_specific=True
-        )  # dropout and flips replay on resume
-        if hasattr(loader, "set_epoch"):  # Accelerate's loader counts epochs itself: align it
-            loader.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        G.train(), D.train()
-        losses: list[torch.Tensor] = []
-        checked = 0
-        bar = tqdm(
-            loader,
-            desc=f"epoch {epoch}/{cfg.epochs}",
-            leave=False,
-            disable=not (main and sys.stderr.isatty()),
-        )
-        for idx in bar:
-            sketch, target, planes = train_set.batch(idx, flip=cfg.flip, channels_last=cl)
-            losses.append(step(sketch, target, planes))
-            if len(losses) - checked >= 25:
-                checked = _check_finite(losses, checked, epoch, cfg, bar)
-        _check_finite(losses, checked, epoch, cfg, bar)
-        sched_g.step(), sched_d.step()
-        train_seconds = time.perf_counter() - t0
 
-        mean = accelerator.reduce(
-            torch.stack(losses).mean(0), reduction="mean"
-        ).tolist()  # one sync
-        val = _validate(g_raw, val_set, val_masks, cfg, cl)
-        row = {
-            "epoch": epoch, "g_adv": mean[0], "g_l1": mean[1], "d_real": mean[2], "d_fake": mean[3], **val,
-            "lr_g": opt_g.param_groups[0]["lr"], "lr_d": opt_d.param_groups[0]["lr"],
-            "samples_per_s": len(train_ds) / train_seconds,
-        }  # fmt: skip
-        is_best = val["val_l1"] < best["val_l1"]
+def train_epoch(run: Run, epoch: int) -> tuple[list[float], float]:
+    """One pass over the training split; returns the mean losses and the seconds it took."""
+    cfg, t0 = run.cfg, time.perf_counter()
+    set_seed(epoch_seed(cfg.seed, epoch), device_specific=True)  # dropout and flips replay
+    if hasattr(run.loader, "set_epoch"):  # Accelerate's loader counts epochs itself: align it
+        run.loader.set_epoch(epoch)
+    run.sampler.set_epoch(epoch)
+    for net in (run.nets["generator"], run.nets["discriminator"]):
+        net.train()
+    channels_last = run.accelerator.device.type == "cuda" and cfg.channels_last
+    losses: list[torch.Tensor] = []
+    checked = 0
+    bar = tqdm(
+        run.loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
+        disable=not (run.is_main and sys.stderr.isatty()),
+    )  # fmt: skip
+    for idx in bar:
+        losses.append(run.step(*run.train_set.batch(idx, cfg.flip, channels_last)))
+        if len(losses) - checked >= 25:
+            checked = _check_finite(losses, checked, epoch, cfg, bar)
+    _check_finite(losses, checked, epoch, cfg, bar)
+    run.nets["sched_g"].step(), run.nets["sched_d"].step()
+    mean = run.accelerator.reduce(torch.stack(losses).mean(0), reduction="mean")  # one sync
+    return mean.tolist(), time.perf_counter() - t0
+
+
+def end_epoch(run: Run, epoch: int, row: dict, t0: float) -> Path | None:
+    """Samples, best export, checkpoint, metrics.csv and loss.png of one epoch (main process).
+
+    Returns the checkpoint folder when this epoch saved one, else None.
+    """
+    cfg, out, g = run.cfg, run.out, run.nets["generator"]
+    is_best = row["val_l1"] < run.best["val_l1"]
+    if is_best:
+        run.best = {"val_l1": row["val_l1"], "epoch": epoch}
+    saved = None
+    if run.is_main:
+        sample_png = save_samples(
+            g, run.grid, run.vocab, out / "samples" / f"epoch_{epoch:03d}.png", cfg.eval_batch_size
+        )
         if is_best:
-            best = {"val_l1": val["val_l1"], "epoch": epoch}
-        saved = None
-        if main:
-            sample_png = out / "samples" / f"epoch_{epoch:03d}.png"
-            _samples(g_raw, grid, cfg, cl, sample_png)
-            if is_best:
-                export_generator(
-                    g_raw,
-                    vocab,
-                    out / "best",
-                    metrics=row,
-                    config=cfgmod.to_dict(cfg),
-                    samples=sample_png,
-                )
-            if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs or is_best:
-                row["seconds"] = time.perf_counter() - t0
-                history_now = history + [row]
-                _save_atomic(
-                    {
-                        "format": CHECKPOINT_FORMAT, "version": 1, "epoch": epoch,
-                        "generator": g_raw.state_dict(), "discriminator": d_raw.state_dict(),
-                        "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                        "sched_g": sched_g.state_dict(), "sched_d": sched_d.state_dict(),
-                        "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else []},
-                        "config": cfgmod.to_dict(cfg), "conditions": vocab.to_dict(),
-                        "history": history_now, "best": best,
-                    },
-                    ckpt_dir / "last.pt",
-                )  # fmt: skip
-                if is_best:
-                    with storage.replacing(ckpt_dir / "best.pt") as tmp:
-                        shutil.copyfile(ckpt_dir / "last.pt", tmp)
-                saved = ckpt_dir
-        row["seconds"] = time.perf_counter() - t0
-        history.append(row)
-        if main:
-            _write_metrics(history, out / "metrics.csv")
-            plot_curves(
-                history, out / "loss.png",
-                [("generator", ["g_adv", "g_l1"]), ("discriminator", ["d_real", "d_fake"]), ("validation L1", ["val_l1"])],
+            export_generator(
+                g, run.vocab, out / "best", metrics=row, config=cfgmod.to_dict(cfg),
+                samples=sample_png,
             )  # fmt: skip
-            fid = "n/a" if row["val_fidelity"] is None else f"{row['val_fidelity']:.3f}"
-            accelerator.print(
-                f"epoch {epoch:3d}/{cfg.epochs}  G adv {row['g_adv']:.3f} L1 {row['g_l1']:.4f}  "
-                f"D real {row['d_real']:.3f} fake {row['d_fake']:.3f}  |  val L1 {row['val_l1']:.4f} "
-                f"PSNR {row['val_psnr']:.2f} fidelity {fid}  |  {row['samples_per_s']:.0f} samples/s "
-                f"{row['seconds']:.1f}s{'  *best' if is_best else ''}"
-            )
+        if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs or is_best:
+            row["seconds"] = time.perf_counter() - t0
+            state = checkpoint.capture(
+                epoch, run.nets, cfgmod.to_dict(cfg), run.vocab.to_dict(), run.history + [row],
+                run.best,
+            )  # fmt: skip
+            checkpoint.save(state, out / "checkpoints" / checkpoint.LAST)
+            if is_best:
+                with storage.replacing(out / "checkpoints" / checkpoint.BEST) as tmp:
+                    shutil.copyfile(out / "checkpoints" / checkpoint.LAST, tmp)
+            saved = out / "checkpoints"
+    row["seconds"] = time.perf_counter() - t0
+    run.history.append(row)
+    if run.is_main:
+        _write_metrics(run.history, out / "metrics.csv")
+        plot_curves(
+            run.history, out / "loss.png",
+            [("generator", ["g_adv", "g_l1"]), ("discriminator", ["d_real", "d_fake"]), ("validation L1", ["val_l1"])],
+        )  # fmt: skip
+        fid = "n/a" if row["val_fidelity"] is None else f"{row['val_fidelity']:.3f}"
+        log.info(
+            f"epoch {epoch:3d}/{cfg.epochs}  G adv {row['g_adv']:.3f} L1 {row['g_l1']:.4f}  "
+            f"D real {row['d_real']:.3f} fake {row['d_fake']:.3f}  |  val L1 {row['val_l1']:.4f} "
+            f"PSNR {row['val_psnr']:.2f} fidelity {fid}  |  {row['samples_per_s']:.0f} samples/s "
+            f"{row['seconds']:.1f}s{'  *best' if is_best else ''}"
+        )
+    if cfg.log_with != "none":
+        run.accelerator.log({k: v for k, v in row.items() if v is not None}, step=epoch)
+    return saved
+
+
+def train(
+    cfg: TrainConfig,
+    resume: bool | str | Path = False,
+    report: Callable[[dict, Path | None], None] | None = None,
+) -> dict:
+    """Run (or resume) a training run; returns a summary dict (best epoch, its metrics, paths).
+
+    ``resume``: True resumes from ``OUT/checkpoints/last.pt``; a path resumes from that file (or
+    directory). ``report(metrics, checkpoint_dir)`` is called after every epoch (Ray Tune passes
+    one; ``checkpoint_dir`` is None on epochs that saved no checkpoint).
+    """
+    run = setup(cfg, resume)
+    if run.start > cfg.epochs:
+        log.info(f"already trained {run.start - 1} epochs (>= epochs={cfg.epochs}): nothing to do")
+    for epoch in range(run.start, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        losses, train_seconds = train_epoch(run, epoch)
+        val = validate(run.nets["generator"], run.val_set, run.val_masks, cfg.eval_batch_size)
+        opt_g, opt_d = run.nets["opt_g"], run.nets["opt_d"]
+        row = {
+            "epoch": epoch, **dict(zip(("g_adv", "g_l1", "d_real", "d_fake"), losses[:4], strict=True)),
+            **val, "lr_g": opt_g.param_groups[0]["lr"], "lr_d": opt_d.param_groups[0]["lr"],
+            "samples_per_s": len(run.train_set) / train_seconds,
+        }  # fmt: skip
+        saved = end_epoch(run, epoch, row, t0)
         if report is not None:
             report(dict(row), saved)
-    accelerator.wait_for_everyone()
-    best_row = next((h for h in history if h["epoch"] == best["epoch"]), None)
+    run.accelerator.wait_for_everyone()
+    if cfg.log_with != "none":
+        run.accelerator.end_training()
+    best_row = next((h for h in run.history if h["epoch"] == run.best["epoch"]), None)
     return {
-        "out": str(out), "best_epoch": best["epoch"], "best_val_l1": best["val_l1"], "best": best_row,
-        "epochs": history[-1]["epoch"] if history else 0, "history": history,
+        "out": str(run.out), "best_epoch": run.best["epoch"], "best_val_l1": run.best["val_l1"],
+        "best": best_row, "epochs": run.history[-1]["epoch"] if run.history else 0,
+        "history": run.history,
     }  # fmt: skip
-
-
-# ---- pieces of the loop ------------------------------------------------------------------------
-def _check(cfg: TrainConfig) -> None:
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise cfgmod.ConfigError("epochs and batch_size must be at least 1")
-    if cfg.lr_decay_start is not None and not 0 <= cfg.lr_decay_start < cfg.epochs:
-        raise cfgmod.ConfigError(
-            f"lr_decay_start must be in [0, epochs={cfg.epochs}), got {cfg.lr_decay_start}"
-        )
-    if not 0 < cfg.val_fraction < 1:
-        raise cfgmod.ConfigError(f"val_fraction must be in (0, 1), got {cfg.val_fraction}")
-
-
-def _check_compatible(cfg: TrainConfig, state: dict) -> None:
-    old = state["config"]
-    diff = [
-        f"{k}: checkpoint {old.get(k)} vs now {getattr(cfg, k)}"
-        for k in ARCHITECTURE_KEYS
-        if old.get(k) != getattr(cfg, k)
-    ]
-    if diff:
-        raise ModelError(
-            "cannot resume: the networks differ from the checkpoint's (" + "; ".join(diff) + ")"
-        )
 
 
 def _check_finite(losses: list[torch.Tensor], start: int, epoch: int, cfg: TrainConfig, bar) -> int:
@@ -455,75 +414,6 @@ def _check_finite(losses: list[torch.Tensor], start: int, epoch: int, cfg: Train
     return len(losses)
 
 
-def _masks(ds: PairDataset) -> list[dict] | None:
-    """Per validation row: attribute -> region mask; None when any mask or colour is missing."""
-    if any(c is None for a in ds.vocab.attributes for c in a.colors) or not ds.has_masks():
-        return None
-    return [{a: ds.mask(s, a) for a in ds.vocab.names} for s in ds.metadata["input"]]
-
-
-@torch.inference_mode()
-def _generate(g: Generator, sketch, planes, cfg: TrainConfig, cl: bool) -> torch.Tensor:
-    was = g.training
-    g.eval()
-    outs = []
-    for i in range(0, sketch.shape[0], cfg.eval_batch_size):
-        x = torch.cat([sketch[i : i + cfg.eval_batch_size], planes[i : i + cfg.eval_batch_size]], 1)
-        if cl:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(
-            x.device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16"
-        ):
-            outs.append(g(x).float())
-    g.train(was)
-    return torch.cat(outs)
-
-
-def _validate(g, val: DeviceSet, masks, cfg: TrainConfig, cl: bool) -> dict:
-    idx = torch.arange(len(val), device=val.targets.device)
-    sketch, target, planes = val.batch(idx)
-    fake = _generate(g, sketch, planes, cfg, cl)
-    fidelity = None
-    if masks is not None:
-        hits = fidelity_hits(to_uint8(fake).cpu(), val.conditions.cpu(), masks, val.vocab)
-        fidelity = hits.float().mean().item()
-    return {
-        "val_l1": l1(fake, target).mean().item(),
-        "val_psnr": psnr(fake, target).mean().item(),
-        "val_fidelity": fidelity,
-    }
-
-
-def _sample_grid(val: DeviceSet, cfg: TrainConfig) -> dict:
-    """Fixed (sketch, condition) pairs for the per-epoch picture: sketches down, conditions across."""
-    n_sk = min(cfg.sample_sketches, val.sketches.shape[0])
-    conds = torch.unique(val.conditions, dim=0)
-    pick = (
-        torch.linspace(0, conds.shape[0] - 1, min(cfg.sample_conditions, conds.shape[0]))
-        .round()
-        .long()
-    )
-    conds = conds[pick]
-    sk = val.sketches[:n_sk].repeat_interleave(conds.shape[0], 0)
-    planes = val.vocab.planes(conds.repeat(n_sk, 1), val.size)
-    return {
-        "sketches": val.sketches[:n_sk],
-        "sketch": to_unit(sk),
-        "planes": planes,
-        "ncol": conds.shape[0] + 1,
-    }
-
-
-def _samples(g, grid: dict, cfg: TrainConfig, cl: bool, path: Path) -> None:
-    fake = to_uint8(_generate(g, grid["sketch"], grid["planes"], cfg, cl))
-    k = grid["ncol"] - 1
-    rows = [
-        torch.cat([grid["sketches"][i : i + 1].to(fake.device), fake[i * k : (i + 1) * k]])
-        for i in range(grid["sketches"].shape[0])
-    ]
-    save_grid(torch.cat(rows), path, ncol=grid["ncol"])
-
-
 def _write_metrics(history: list[dict], path: Path) -> None:
     with storage.replacing(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
@@ -532,88 +422,48 @@ def _write_metrics(history: list[dict], path: Path) -> None:
             w.writerow({k: ("" if h.get(k) is None else h[k]) for k in METRIC_COLUMNS})
 
 
-# ---- command line ------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m colorjob.train",
-        description="Train the conditional sketch-colorization GAN (pix2pix U-Net + PatchGAN) on a "
-        "dataset folder in the seed's format. Writes metrics.csv, samples/, loss.png, checkpoints/ "
-        "and the exported best generator (best/) to --out.",
-        epilog="Config: a YAML file of TrainConfig keys (configs/train.yaml = the seed's settings, "
+# ---- command line --------------------------------------------------------------------------------
+def build_parser(prog: str = "python -m colorjob.train"):
+    p = cli.parser(
+        prog,
+        "Train the conditional sketch-colorization GAN (pix2pix U-Net + PatchGAN) on a dataset "
+        "folder in the seed's format. Writes metrics.csv, samples/, loss.png, checkpoints/, "
+        "config.yaml and the exported best generator (best/) to --out.",
+        "Config: a YAML file of TrainConfig keys (configs/train.yaml = the seed's settings, "
         "configs/cpu.yaml = a small profile for a laptop CPU); flags and --set override it. "
-        "Example: python -m colorjob.train --config configs/cpu.yaml --data data/chars-64 --out runs/cpu",
+        "Example: colorjob train --config configs/cpu.yaml --data data/chars-64 --out runs/cpu",
     )
-    p.add_argument("--config", help="YAML config file (default: built-in seed settings)")
-    p.add_argument(
-        "--data", help="dataset folder with metadata.csv (make one: python -m colorjob.synth)"
-    )
-    p.add_argument("--out", help="output folder for this run")
-    p.add_argument(
-        "--epochs",
-        type=int,
-        help="total epochs; with --resume, a larger value extends a finished run",
-    )
-    p.add_argument(
-        "--image-size", type=int, help="square image side, a power of two >= 32 (seed: 256)"
-    )
-    p.add_argument("--batch-size", type=int, help="samples per step")
-    p.add_argument(
-        "--seed", type=int, help="seed for the split, initialisation, shuffling and dropout"
-    )
-    p.add_argument(
-        "--mixed-precision", choices=["no", "bf16", "fp16"], help="bf16 on recent GPUs is fastest"
-    )
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue from OUT/checkpoints/last.pt with the run's own config",
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any config key, e.g. --set lambda_l1=50 --set gan_mode=lsgan (repeatable)",
-    )
-    p.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="check the install: 1 epoch on a tiny generated dataset, then exit",
-    )
+    cli.flag(p, "--data", "data", help="dataset folder with metadata.csv (make one: colorjob synth)")
+    cli.flag(p, "--out", "out", help="output folder for this run")
+    cli.flag(p, "--epochs", "epochs", type=int, help="total epochs; with --resume, a larger value extends a finished run")  # fmt: skip
+    cli.flag(p, "--image-size", "image_size", type=int, help="square image side, a power of two >= 32 (seed: 256)")  # fmt: skip
+    cli.flag(p, "--batch-size", "batch_size", type=int, help="samples per step")
+    cli.flag(p, "--seed", "seed", type=int, help="seed for the split, initialisation, shuffling and dropout")  # fmt: skip
+    cli.flag(p, "--mixed-precision", "mixed_precision", choices=["no", "bf16", "fp16"], help="bf16 on recent GPUs is fastest")  # fmt: skip
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt with the run's own config")  # fmt: skip
+    p.add_argument("--dry-run", action="store_true", help="check the install: 1 epoch on a tiny generated dataset, then exit")  # fmt: skip
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    flags = {
-        "data": args.data, "out": args.out, "epochs": args.epochs, "image_size": args.image_size,
-        "batch_size": args.batch_size, "seed": args.seed, "mixed_precision": args.mixed_precision,
-    }  # fmt: skip
-    overrides = cfgmod.cli_overrides(flags, args.set)
-    if args.resume:
-        # Resume with the run's own config; only what is given on this command line changes.
-        out = overrides.get("out") or cfgmod.load(TrainConfig, args.config).out
-        state = load_checkpoint(Path(out) / "checkpoints")
-        return cfgmod.from_dict(TrainConfig, cfgmod.merge(state["config"], overrides))
-    return cfgmod.load(TrainConfig, args.config, overrides)
+def config_from_args(args) -> TrainConfig:
+    if not args.resume:
+        return cli.load(TrainConfig, args)
+    # Resume with the run's own config; only what is given on this command line changes.
+    overrides = cli.overrides(args)
+    out = overrides.get("out") or cfgmod.load(TrainConfig, args.config).out
+    state = checkpoint.load(Path(out) / "checkpoints")
+    return cfgmod.from_dict(TrainConfig, cfgmod.merge(state["config"], overrides))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def command(args) -> int:
+    if args.dry_run:
+        return _dry_run()
+    cfg = config_from_args(args)
     try:
-        if args.dry_run:
-            return _dry_run(args)
-        cfg = config_from_args(args)
         summary = train(cfg, resume=args.resume)
-    except (
-        cfgmod.ConfigError,
-        DatasetError,
-        ModelError,
-        NonFiniteLossError,
-        FileNotFoundError,
-        storage.StorageError,
-    ) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2 if not isinstance(e, NonFiniteLossError) else 1
+    except NonFiniteLossError as e:
+        log.error(str(e))
+        return 1
     from accelerate import PartialState
 
     if not PartialState().is_main_process:  # one summary, not one per process
@@ -621,29 +471,27 @@ def main(argv: list[str] | None = None) -> int:
     if summary["best"]:
         b = summary["best"]
         fid = "n/a" if b["val_fidelity"] is None else f"{b['val_fidelity']:.3f}"
-        print(f"best epoch {summary['best_epoch']}: val L1 {b['val_l1']:.4f}, fidelity {fid}")
-    print(f"exported generator: {Path(cfg.out) / 'best'}")
+        log.info(f"best epoch {summary['best_epoch']}: val L1 {b['val_l1']:.4f}, fidelity {fid}")
+    log.info(f"exported generator: {Path(cfg.out) / 'best'}")
     return 0
 
 
-def _dry_run(args) -> int:
+def _dry_run() -> int:
     from colorjob import synth
 
     with tempfile.TemporaryDirectory() as tmp:
         data = synth.generate(Path(tmp) / "data", sketches=3, seed=0, size=32, workers=1)
         cfg = TrainConfig(
-            data=str(data),
-            out=str(Path(tmp) / "run"),
-            image_size=32,
-            ngf=8,
-            ndf=8,
-            epochs=1,
-            batch_size=4,
-            val_fraction=0.34,
-        )
+            data=str(data), out=str(Path(tmp) / "run"), image_size=32, ngf=8, ndf=8, epochs=1,
+            batch_size=4, val_fraction=0.34,
+        )  # fmt: skip
         s = train(cfg)
-        print(f"dry run ok: 1 epoch, val L1 {s['best_val_l1']:.4f}")
+        log.info(f"dry run ok: 1 epoch, val L1 {s['best_val_l1']:.4f}")
     return 0
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    return cli.run(build_parser(prog or "python -m colorjob.train"), command, argv)
 
 
 if __name__ == "__main__":

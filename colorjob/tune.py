@@ -14,10 +14,9 @@ metrics and, every ``train.checkpoint_every`` epochs, a checkpoint (``last.pt`` 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import logging
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -28,9 +27,11 @@ from typing import Literal
 
 import pandas as pd
 
+from colorjob import cli, storage
 from colorjob import config as cfgmod
-from colorjob import storage
 from colorjob.train import NonFiniteLossError, TrainConfig, train
+
+log = logging.getLogger(__name__)
 
 DISTRIBUTIONS = ("loguniform", "uniform", "quniform", "randint", "choice")
 
@@ -247,46 +248,39 @@ def build_tuner(cfg: TuneConfig, resume: bool = False):
 
 
 def summarize(results, cfg: TuneConfig) -> pd.DataFrame:
-    """One row per trial: id, searched params, best metric, fidelity there, epochs, status."""
-    rows = []
+    """One row per trial: id, searched params, its best metric and the fidelity there, the
+    epochs it ran, status (completed, stopped early, failed) and the error of a failed one.
+
+    Built from ``ResultGrid.get_dataframe`` (each trial's best report by the search metric, and
+    its last report for the epochs it ran); a trial that never reported gets a row of its own,
+    named by its folder.
+    """
+    best = results.get_dataframe(filter_metric=cfg.metric, filter_mode="min")
+    last = results.get_dataframe()
+    params = list(cfg.search)
+    columns = {
+        "trial_id": "trial_id", **{f"config/{k}": k for k in params}, "val_l1": "val_l1",
+        "val_fidelity": "val_fidelity", "epoch": "best_epoch", cfg.metric: cfg.metric,
+    }  # fmt: skip
+    table = best.reindex(columns=list(columns)).rename(columns=columns)
+    table = table.loc[:, ~table.columns.duplicated()]
+    epochs = dict(zip(last.get("trial_id", []), last.get("training_iteration", []), strict=True))
+    table["epochs"] = table["trial_id"].map(epochs)
+    errors, silent = {}, []
     for r in results:
-        df = r.metrics_dataframe
-        row = {"trial_id": _trial_id(r)}
-        row |= {k: r.config.get(k) for k in cfg.search}
-        if df is not None and len(df) and cfg.metric in df:
-            best = df.loc[df[cfg.metric].idxmin()]
-            row |= {
-                "val_l1": float(best["val_l1"]),
-                "val_fidelity": float(best["val_fidelity"])
-                if "val_fidelity" in best and not pd.isna(best["val_fidelity"])
-                else None,
-                "best_epoch": int(best["epoch"]),
-                "epochs": int(df["training_iteration"].max()),
-            }
-            if cfg.metric != "val_l1":
-                row[cfg.metric] = float(best[cfg.metric])
-        else:
-            row |= {"val_l1": None, "val_fidelity": None, "best_epoch": None, "epochs": 0}
-        if r.error is not None:
-            row["status"] = "failed"
-        elif row["epochs"] < cfg.train.epochs:
-            row["status"] = "stopped early"
-        else:
-            row["status"] = "completed"
-        row["error"] = _short_error(r.error)
-        rows.append(row)
-    return pd.DataFrame(rows).sort_values(
-        cfg.metric if cfg.metric in rows[0] else "val_l1", na_position="last"
-    )
-
-
-def _trial_id(result) -> str:
-    """Tune's trial id (``3bde1e76``); from the trial folder's name if it never reported."""
-    tid = (result.metrics or {}).get("trial_id")
-    if tid:
-        return str(tid)
-    m = re.match(r"train_gan_([0-9a-f]+_\d+)", Path(result.path).name)
-    return m.group(1) if m else Path(result.path).name
+        tid = (r.metrics or {}).get("trial_id") or Path(r.path).name
+        if tid not in epochs:  # never reported: in no table yet
+            silent.append({"trial_id": tid, **{k: r.config.get(k) for k in params}, "epochs": 0})
+        errors[tid] = r.error
+    if silent:
+        table = pd.concat([table, pd.DataFrame(silent)], ignore_index=True)
+    table["epochs"] = table["epochs"].fillna(0).astype(int)
+    table["best_epoch"] = table["best_epoch"].astype("Int64")
+    table["status"] = "completed"
+    table.loc[table["epochs"] < cfg.train.epochs, "status"] = "stopped early"
+    table.loc[table["trial_id"].map(lambda t: errors.get(t) is not None), "status"] = "failed"
+    table["error"] = table["trial_id"].map(lambda t: _short_error(errors.get(t)))
+    return table.sort_values(cfg.metric, na_position="last", kind="stable")
 
 
 def _short_error(err) -> str:
@@ -299,55 +293,38 @@ def _short_error(err) -> str:
 
 def finish(results, cfg: TuneConfig) -> Path | str | None:
     """Write trials.csv and trials.png, export the best trial's generator; returns best/ path."""
+    from colorjob.export import publish
     from colorjob.plots import plot_trials
 
     exp = experiment_path(cfg)
     fs, root = storage.resolve(exp)
     table = summarize(results, cfg)
     storage.write_atomic(fs, storage.join(root, "trials.csv"), table.to_csv(index=False).encode())
-    curves = {
-        row.trial_id: r.metrics_dataframe
-        for row, r in zip(table.itertuples(), _in_order(results, table), strict=True)
-        if r.metrics_dataframe is not None and "val_l1" in r.metrics_dataframe
-    }
+    frames = [r.metrics_dataframe for r in results if r.metrics_dataframe is not None]
+    curves = {df["trial_id"].iloc[0]: df for df in frames if len(df) and "val_l1" in df}
     if curves:
         with tempfile.TemporaryDirectory() as tmp:
             plot_trials(curves, Path(tmp) / "trials.png", metric="val_l1")
-            storage.write_atomic(
-                fs, storage.join(root, "trials.png"), (Path(tmp) / "trials.png").read_bytes()
-            )
+            png = (Path(tmp) / "trials.png").read_bytes()
+            storage.write_atomic(fs, storage.join(root, "trials.png"), png)
     with pd.option_context("display.width", 160, "display.max_columns", 20):
-        print(
-            table.drop(columns=["error"]).to_string(index=False, float_format=lambda v: f"{v:.4g}")
-        )
-    for row in table.itertuples():
-        if row.status == "failed":
-            print(f"trial {row.trial_id} failed: {row.error}")
-    ok = [
-        r
-        for r in results
-        if r.error is None and r.metrics_dataframe is not None and len(r.metrics_dataframe)
-    ]
-    if not ok:
-        print("no trial finished an epoch: nothing to export")
+        shown = table.drop(columns=["error"]).to_string(index=False, float_format=lambda v: f"{v:.4g}")
+        log.info(shown)
+    for row in table[table["status"] == "failed"].itertuples():
+        log.warning(f"trial {row.trial_id} failed: {row.error}")
+    if not any(r.error is None and r.metrics_dataframe is not None and len(r.metrics_dataframe) for r in results):  # fmt: skip
+        log.warning("no trial finished an epoch: nothing to export")
         return None
     best = results.get_best_result(
         metric=cfg.metric, mode="min", scope="all", filter_nan_and_inf=True
     )
     if best.checkpoint is None:
-        print("the best trial saved no checkpoint: nothing to export")
+        log.warning("the best trial saved no checkpoint: nothing to export")
         return None
     dest = storage.join(exp, "best")
     with best.checkpoint.as_directory() as d:
-        if not storage.is_uri(dest) and Path(dest).exists():
-            shutil.rmtree(dest)
-        storage.upload_dir(Path(d) / "best", dest)
+        publish(Path(d) / "best", dest)  # replaces best/ as a unit: it never vanishes
     return Path(dest) if not storage.is_uri(dest) else dest
-
-
-def _in_order(results, table: pd.DataFrame):
-    by_id = {_trial_id(r): r for r in results}
-    return [by_id[t] for t in table["trial_id"]]
 
 
 def prepare_data(cfg: TuneConfig) -> TuneConfig:
@@ -361,7 +338,7 @@ def prepare_data(cfg: TuneConfig) -> TuneConfig:
         from colorjob import synth
 
         g = cfg.generate_data
-        print(f"generating a synthetic dataset ({g.sketches} sketches, {g.size}px) in {data}")
+        log.info(f"generating a synthetic dataset ({g.sketches} sketches, {g.size}px) in {data}")
         if storage.is_uri(data):
             with tempfile.TemporaryDirectory() as tmp:
                 storage.upload_dir(synth.generate(tmp, g.sketches, seed=g.seed, size=g.size), data)
@@ -372,13 +349,11 @@ def prepare_data(cfg: TuneConfig) -> TuneConfig:
 
 def run(cfg: TuneConfig, resume: bool = False) -> Path | str | None:
     """Start (or resume) the search on the Ray that is there (or a local one); returns best/."""
-    import ray
-
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    cfg = prepare_data(cfg)
+    from colorjob.cluster import connect
     from colorjob.data import read_metadata
 
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    cfg = prepare_data(cfg)
     storage.check(experiment_path(cfg), writable=True)  # a wrong bucket fails here, clearly
     if storage.is_uri(cfg.train.data):
         storage.check(cfg.train.data)
@@ -386,66 +361,45 @@ def run(cfg: TuneConfig, resume: bool = False) -> Path | str | None:
     else:
         read_metadata(cfg.train.data)  # a bad dataset fails here, not in every trial
     search_space(cfg)
-    if not ray.is_initialized():
-        ray.init(log_to_driver=True, configure_logging=True, logging_level="warning")
+    connect()
     tuner = build_tuner(cfg, resume=resume)
     results = tuner.fit()
     best = finish(results, cfg)
     if best is not None:
-        print(f"best generator: {best}")
+        log.info(f"best generator: {best}")
     return best
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python jobs/tune.py",
-        description="Search learning rates and loss weights of the colorization GAN with Ray Tune "
-        "(Optuna TPE + ASHA early stopping). Each trial is one training run. Writes "
-        "<storage>/<name>/trials.csv, trials.png and the best generator to <storage>/<name>/best/.",
-        epilog="Runs on a local Ray, or on a cluster under: ray job submit --working-dir . -- python "
-        "jobs/tune.py --config configs/tune.yaml",
+def build_parser(prog: str = "python jobs/tune.py"):
+    p = cli.parser(
+        prog,
+        "Search learning rates and loss weights of the colorization GAN with Ray Tune (Optuna TPE "
+        "+ ASHA early stopping). Each trial is one training run. Writes <storage>/<name>/"
+        "trials.csv, trials.png and the best generator to <storage>/<name>/best/.",
+        "Runs on a local Ray, or on a cluster under: ray job submit --working-dir . -- python "
+        "jobs/tune.py --config configs/tune.yaml. Nested keys: --set train.batch_size=16 "
+        "--set resources.gpu=0.25",
     )
-    p.add_argument("--config", help="YAML TuneConfig (e.g. configs/tune.yaml)")
-    p.add_argument("--data", help="dataset folder or URI (overrides train.data)")
-    p.add_argument("--storage-path", help="where results go: a folder or s3:// URI")
-    p.add_argument("--name", help="experiment name (a folder under the storage path)")
-    p.add_argument("--num-samples", type=int, help="number of trials")
-    p.add_argument("--epochs", type=int, help="epochs per trial (ASHA's max_t)")
-    p.add_argument("--image-size", type=int, help="training image size")
+    cli.flag(p, "--data", "train.data", help="dataset folder or URI (overrides train.data)")
+    cli.flag(p, "--storage-path", "storage_path", help="where results go: a folder or s3:// URI")
+    cli.flag(p, "--name", "name", help="experiment name (a folder under the storage path)")
+    cli.flag(p, "--num-samples", "num_samples", type=int, help="number of trials")
+    cli.flag(p, "--epochs", "train.epochs", type=int, help="epochs per trial (ASHA's max_t)")
+    cli.flag(p, "--image-size", "train.image_size", type=int, help="training image size")
     p.add_argument(
-        "--resume",
-        action="store_true",
+        "--resume", action="store_true",
         help="continue an interrupted experiment (same --storage-path/--name)",
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any config key, e.g. --set train.batch_size=16 --set resources.gpu=0.25",
-    )
+    )  # fmt: skip
     return p
 
 
-def config_from_args(args) -> TuneConfig:
-    flags = {
-        "storage_path": args.storage_path, "name": args.name, "num_samples": args.num_samples,
-        "train": {"data": args.data, "epochs": args.epochs, "image_size": args.image_size},
-    }  # fmt: skip
-    return cfgmod.load(TuneConfig, args.config, cfgmod.cli_overrides(flags, args.set))
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from colorjob.data import DatasetError
-
-    try:
-        cfg = config_from_args(args)
-        best = run(cfg, resume=args.resume)
-    except (cfgmod.ConfigError, DatasetError, storage.StorageError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def command(args) -> int:
+    best = run(cli.load(TuneConfig, args), resume=args.resume)
     return 0 if best is not None else 1
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    return cli.run(build_parser(prog or "python jobs/tune.py"), command, argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Ray job entrypoint: batch colorization, the same code path as ``python -m colorjob.batch``.
+"""Ray job entrypoint: batch colorization, the same as ``colorjob batch``.
 
     ray job submit --working-dir . -- python jobs/colorize.py --input s3://bucket/sketches \
         --conditions configs/grid.csv --model s3://bucket/models/best --output s3://bucket/out
@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the uploaded working dir
 
-from colorjob.batch import main  # noqa: E402
+from colorjob.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["batch", *sys.argv[1:]]))

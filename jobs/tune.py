@@ -1,6 +1,6 @@
-"""Ray job entrypoint: hyper-parameter search. See ``python jobs/tune.py --help``.
+"""Ray job entrypoint: hyper-parameter search, the same as ``colorjob tune``.
 
-ray job submit --working-dir . -- python jobs/tune.py --config configs/tune.yaml
+    ray job submit --working-dir . -- python jobs/tune.py --config configs/tune.yaml
 """
 
 import sys
@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the uploaded working dir
 
-from colorjob.tune import main  # noqa: E402
+from colorjob.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["tune", *sys.argv[1:]]))

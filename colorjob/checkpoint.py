@@ -1,0 +1,100 @@
+"""The training checkpoint: one dict, saved atomically, loaded without unpickling code.
+
+    {"format": "colorjob.checkpoint", "version": 1, "epoch": 12,
+     "generator", "discriminator", "opt_g", "opt_d", "sched_g", "sched_d": state dicts,
+     "rng": {"torch": ..., "cuda": [...]}, "config": TrainConfig as a dict,
+     "conditions": the vocabulary as a dict, "history": [metrics row per epoch], "best": {...}}
+
+:func:`capture` builds it from a running training, :func:`restore` puts it back, so that resuming
+at epoch k continues bit for bit where epoch k-1 ended (on the CPU; GPUs add kernel
+nondeterminism).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from colorjob import storage
+from colorjob.errors import ColorjobError
+
+FORMAT = "colorjob.checkpoint"
+VERSION = 1
+LAST, BEST = "last.pt", "best.pt"
+# Config keys that shape the networks: a checkpoint only resumes under the same ones.
+ARCHITECTURE_KEYS = ("image_size", "ngf", "ndf", "d_layers")
+
+
+class CheckpointError(ColorjobError, ValueError):
+    """A checkpoint that is missing, not colorjob's, too new, or does not fit the run."""
+
+
+def save(state: dict, path: str | Path) -> None:
+    """Write atomically: a reader (or a resume after a crash) sees the old file or the new one."""
+    with storage.replacing(Path(path)) as tmp:
+        torch.save(state, tmp)
+
+
+def load(path: str | Path) -> dict:
+    """A training checkpoint (``path`` a file, or a folder holding ``last.pt``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / LAST
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}: nothing to resume")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torn or foreign files: say which file
+        raise CheckpointError(f"{path} is not a readable checkpoint: {e}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a colorjob training checkpoint")
+    if int(state.get("version", 0)) > VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint version {state['version']}; this colorjob reads up to "
+            f"{VERSION}: upgrade colorjob"
+        )
+    return state
+
+
+def check_compatible(config: dict, state: dict) -> None:
+    """Refuse to resume networks of another shape than the checkpoint's."""
+    old = state["config"]
+    diff = [
+        f"{k}: checkpoint {old.get(k)} vs now {config.get(k)}"
+        for k in ARCHITECTURE_KEYS
+        if old.get(k) != config.get(k)
+    ]
+    if diff:
+        raise CheckpointError(
+            "cannot resume: the networks differ from the checkpoint's (" + "; ".join(diff) + ")"
+        )
+
+
+def capture(epoch: int, nets: dict, config: dict, conditions: dict, history, best) -> dict:
+    """The checkpoint dict of a training at the end of ``epoch``.
+
+    ``nets``: ``generator``, ``discriminator`` (unwrapped modules), ``opt_g``, ``opt_d``,
+    ``sched_g``, ``sched_d``.
+    """
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    return {
+        "format": FORMAT, "version": VERSION, "epoch": epoch,
+        **{name: obj.state_dict() for name, obj in nets.items()},
+        "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else []},
+        "config": config, "conditions": conditions, "history": list(history), "best": dict(best),
+    }  # fmt: skip
+
+
+def restore(state: dict, nets: dict) -> tuple[int, list[dict], dict]:
+    """Load a checkpoint into ``nets`` (as in :func:`capture`) and the RNGs.
+
+    Returns ``(first epoch to run, history, best)``.
+    """
+    for name, obj in nets.items():
+        obj.load_state_dict(state[name])
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    history = [h for h in state["history"] if h["epoch"] <= state["epoch"]]
+    return state["epoch"] + 1, history, dict(state["best"])

@@ -1,0 +1,115 @@
+"""The one inference path: uint8 sketches x conditions -> uint8 coloured images.
+
+Validation, the per-epoch sample grids, batch colorization's actors, the quickstart and the
+benchmarks all colour through :func:`colorize` (or its streaming form :func:`colorize_chunks`), so
+the score a search selects on is computed from exactly the pixels the shipped images have. It owns:
+
+- normalisation (uint8 -> [-1, 1] -> uint8, rounded),
+- the condition vectors (value indices -> one-hot per attribute, via the vocabulary),
+- the precision policy (:func:`autocast_dtype`: ``auto`` = bf16 autocast on CUDA, fp32 elsewhere),
+- channels_last on CUDA, inference mode, eval mode (restored afterwards), and chunking.
+
+A sketch is stored once and shared by all its variants: pass ``sketch_index`` to cross ``N``
+sketches with ``M`` (sketch, condition) pairs. Torch only: no Ray, no files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+from torch import nn
+
+from colorjob.conditions import ConditionVocab
+from colorjob.imaging import to_uint8, to_unit
+
+Precision = Literal["auto", "fp32", "bf16"]
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def autocast_dtype(device: torch.device, precision: Precision = "auto") -> torch.dtype | None:
+    """The autocast dtype inference runs in, or None for plain fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    return torch.bfloat16
+
+
+def prepare(generator: nn.Module, device: str | torch.device = "cpu") -> nn.Module:
+    """Put a generator on ``device`` for inference (eval mode; channels_last on CUDA)."""
+    device = torch.device(device)
+    generator = generator.to(device).eval()
+    if device.type == "cuda":
+        generator = generator.to(memory_format=torch.channels_last)
+    return generator
+
+
+@torch.inference_mode()
+def colorize_chunks(
+    generator: nn.Module,
+    sketches: torch.Tensor,
+    conditions: torch.Tensor,
+    vocab: ConditionVocab,
+    sketch_index: torch.Tensor | None = None,
+    batch_size: int = 64,
+    precision: Precision = "auto",
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield ``(start, images)``: uint8 ``(n, 3, S, S)`` outputs of pairs ``start .. start + n``.
+
+    ``sketches``: uint8 ``(N, 3, S, S)``; ``conditions``: long ``(M, A)`` value indices in the
+    vocabulary's attribute order; ``sketch_index``: ``(M,)`` which sketch each pair colours
+    (default: pair ``i`` colours sketch ``i``). Chunks hold at most ``batch_size`` images and
+    stay on the generator's device.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    device = next(generator.parameters()).device
+    dtype = autocast_dtype(device, precision)
+    channels_last = device.type == "cuda"
+    conditions = torch.as_tensor(conditions, dtype=torch.long).to(device)
+    vectors = vocab.multi_hot(conditions)
+    sketches = sketches.to(device, non_blocking=True)
+    if sketch_index is None:
+        if sketches.shape[0] != conditions.shape[0]:
+            raise ValueError(
+                f"{sketches.shape[0]} sketches but {conditions.shape[0]} conditions: pass "
+                "sketch_index to say which sketch each condition colours"
+            )
+        sketch_index = torch.arange(conditions.shape[0], device=device)
+    sketch_index = torch.as_tensor(sketch_index, dtype=torch.long).to(device)
+    was_training = generator.training
+    generator.eval()
+    try:
+        for start in range(0, conditions.shape[0], batch_size):
+            part = slice(start, start + batch_size)
+            x = to_unit(sketches[sketch_index[part]])
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                y = generator(x, vectors[part])
+            yield start, to_uint8(y)
+    finally:
+        generator.train(was_training)
+
+
+def colorize(
+    generator: nn.Module,
+    sketches: torch.Tensor,
+    conditions: torch.Tensor,
+    vocab: ConditionVocab,
+    sketch_index: torch.Tensor | None = None,
+    batch_size: int = 64,
+    precision: Precision = "auto",
+) -> torch.Tensor:
+    """All outputs at once: uint8 ``(M, 3, S, S)`` on the generator's device (see
+    :func:`colorize_chunks` for the arguments)."""
+    chunks = colorize_chunks(
+        generator, sketches, conditions, vocab, sketch_index, batch_size, precision
+    )
+    images = [images for _, images in chunks]
+    if not images:
+        size = sketches.shape[-1]
+        return torch.empty((0, 3, size, size), dtype=torch.uint8, device=sketches.device)
+    return torch.cat(images)
