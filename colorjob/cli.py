@@ -27,7 +27,10 @@ from colorjob.errors import ColorjobError
 COMMANDS = {
     "train": ("colorjob.train", "train the colorization GAN on a dataset folder (Accelerate)"),
     "tune": ("colorjob.tune", "search learning rates and loss weights (Ray Tune + Optuna)"),
-    "batch": ("colorjob.batch", "colour a folder of sketches in every variant of a grid (Ray Data)"),
+    "batch": (
+        "colorjob.batch",
+        "colour a folder of sketches in every variant of a grid (Ray Data)",
+    ),
     "synth": ("colorjob.synth", "draw a synthetic dataset of character sketches x colourings"),
     "export": ("colorjob.export", "re-export a trained generator in fp16 with a model card"),
     "quickstart": ("colorjob.quickstart", "from nothing to coloured characters and a report"),
@@ -70,7 +73,9 @@ def parser(
     """An argument parser with the shared options: ``--config``/``--set`` (when the command has a
     config) and ``--quiet``/``--verbose``. ``raw``: print the description as written."""
     fmt = argparse.RawDescriptionHelpFormatter if raw else argparse.HelpFormatter
-    p = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog, formatter_class=fmt)
+    p = argparse.ArgumentParser(
+        prog=prog, description=description, epilog=epilog, formatter_class=fmt
+    )
     if config:
         p.add_argument("--config", help="YAML config file (its keys are the config's fields)")
         p.add_argument(

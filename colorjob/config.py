@@ -145,7 +145,9 @@ def check_range(
         lo = "-inf" if low is None else f"{low:g}"
         hi = "inf" if high is None else f"{high:g}"
         span = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
-        raise ConfigError(f"{key} must be {'a finite number ' if finite else ''}in {span}, got {value!r}")
+        raise ConfigError(
+            f"{key} must be {'a finite number ' if finite else ''}in {span}, got {value!r}"
+        )
 
 
 def to_dict(cfg: Any) -> dict:

@@ -137,7 +137,9 @@ def check_meta(meta: object, where: str) -> ConditionVocab:
     if meta["out_channels"] != 3:
         raise ModelError(f"{where}: out_channels must be 3 (RGB), got {meta['out_channels']}")
     if _need(meta, "dtype", str, where) not in DTYPES:
-        raise ModelError(f"{where}: dtype must be one of {', '.join(DTYPES)}, got {meta['dtype']!r}")
+        raise ModelError(
+            f"{where}: dtype must be one of {', '.join(DTYPES)}, got {meta['dtype']!r}"
+        )
     try:
         vocab = ConditionVocab.from_dict(_need(meta, "conditions", dict, where))
     except (ColorjobError, KeyError, TypeError, ValueError) as e:
@@ -190,7 +192,9 @@ def check_weights_table(meta: dict, table: dict, where: str) -> None:
         if k in table and dtype not in (meta["dtype"], "int64"):
             problems.append(f"{k} is {table[k]['dtype']}, model.json says {meta['dtype']}")
     if problems:
-        shown = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
+        shown = "; ".join(problems[:4]) + (
+            f"; and {len(problems) - 4} more" if len(problems) > 4 else ""
+        )
         raise ModelError(f"{where} does not match the shape model.json describes: {shown}")
 
 
@@ -355,13 +359,20 @@ def ship(model_dir: str | Path, dest: str | Path, device: str, commands: list[st
     fid = m.get("val_fidelity")
     (out / "MODEL_CARD.md").write_text(
         CARD.format(
-            model_id=info["model_id"], image_size=info["image_size"], ngf=info["ngf"],
-            params=sum(p.numel() for p in g.parameters()), dtype="fp16",
+            model_id=info["model_id"],
+            image_size=info["image_size"],
+            ngf=info["ngf"],
+            params=sum(p.numel() for p in g.parameters()),
+            dtype="fp16",
             size_mb=(out / WEIGHTS).stat().st_size / 1e6,
             conditions="; ".join(f"{a.name}: {', '.join(a.values)}" for a in vocab.attributes),
-            sketches=sketches, epoch=m.get("epoch"), epochs=cfg.get("epochs"),
-            val_l1=m["val_l1"], val_psnr=m["val_psnr"],
-            fidelity="n/a" if fid is None else f"{fid:.1%}", device=device,
+            sketches=sketches,
+            epoch=m.get("epoch"),
+            epochs=cfg.get("epochs"),
+            val_l1=m["val_l1"],
+            val_psnr=m["val_psnr"],
+            fidelity="n/a" if fid is None else f"{fid:.1%}",
+            device=device,
             commands="\n    ".join(commands),
         )  # fmt: skip
     )
@@ -377,10 +388,19 @@ def build_parser(prog: str = "python -m colorjob.export"):
         "colorjob's default model (colorjob/assets/default).",
         config=False,
     )
-    p.add_argument("--from", dest="src", required=True, help="an exported model folder (train's OUT/best)")
-    p.add_argument("--to", default=str(DEFAULT_MODEL), help="destination folder (default: the shipped default)")
+    p.add_argument(
+        "--from", dest="src", required=True, help="an exported model folder (train's OUT/best)"
+    )
+    p.add_argument(
+        "--to", default=str(DEFAULT_MODEL), help="destination folder (default: the shipped default)"
+    )
     p.add_argument("--device", default="CPU", help="what it was trained on, for the card")
-    p.add_argument("--command", action="append", default=[], help="a command that made it, for the card (repeatable)")
+    p.add_argument(
+        "--command",
+        action="append",
+        default=[],
+        help="a command that made it, for the card (repeatable)",
+    )
     return p  # fmt: skip
 
 

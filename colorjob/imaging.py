@@ -39,7 +39,9 @@ def to_rgb(img: Image.Image, background=PAPER) -> Image.Image:
         else:
             sixteen = img.mode.startswith("I;16") or (a.size and int(a.max()) > 255)
             a32 = a.astype(np.int64) if img.mode == "I" else a.astype(np.uint32)
-            a8 = (np.clip(a32, 0, 65535) * 255 + 32767) // 65535 if sixteen else np.clip(a32, 0, 255)
+            a8 = (
+                (np.clip(a32, 0, 65535) * 255 + 32767) // 65535 if sixteen else np.clip(a32, 0, 255)
+            )
             a8 = a8.astype(np.uint8)
         img = Image.fromarray(a8, "L")
     if img.mode == "P":

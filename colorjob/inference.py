@@ -87,7 +87,9 @@ def colorize_chunks(
             x = to_unit(sketches[sketch_index[part]])
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            with torch.autocast(
+                device.type, dtype=dtype or torch.float32, enabled=dtype is not None
+            ):
                 y = generator(x, vectors[part])
             yield start, to_uint8(y)
     finally:

@@ -44,11 +44,17 @@ def grid_csv(out: Path) -> Path:
 
 def build_parser(prog: str = "python -m colorjob.quickstart"):
     p = cli.parser(prog, __doc__, config=False, raw=True)
-    p.add_argument("--out", default="runs/quickstart", help="folder for everything (default runs/quickstart)")
-    p.add_argument("--sketches", type=int, default=12, help="characters in the training set (default 12)")
+    p.add_argument(
+        "--out", default="runs/quickstart", help="folder for everything (default runs/quickstart)"
+    )
+    p.add_argument(
+        "--sketches", type=int, default=12, help="characters in the training set (default 12)"
+    )
     p.add_argument("--trials", type=int, default=4, help="search trials (default 4)")
     p.add_argument("--epochs", type=int, default=10, help="epochs per trial at most (default 10)")
-    p.add_argument("--tiny", action="store_true", help="a one-minute smoke run (32 px, 2 trials, 2 epochs)")
+    p.add_argument(
+        "--tiny", action="store_true", help="a one-minute smoke run (32 px, 2 trials, 2 epochs)"
+    )
     return p  # fmt: skip
 
 

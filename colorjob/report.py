@@ -95,7 +95,9 @@ def search_section(files: Path, trials_csv: Path, trials_png: Path | None) -> li
     statuses = ("completed", "stopped early", "failed")
     return [
         "<h2>Search</h2>",
-        _cards([(k, str(int(counts.get(k, 0))), "ok" if k != "failed" else "bad") for k in statuses]),
+        _cards(
+            [(k, str(int(counts.get(k, 0))), "ok" if k != "failed" else "bad") for k in statuses]
+        ),
         _table(trials.drop(columns=[c for c in ("error",) if c in trials])),
         "<p class='muted'>Validation L1 per epoch for every trial (ASHA stops the weak ones early).</p>",
         _img(files, trials_png, "trials.png", "validation L1 per trial"),
@@ -135,7 +137,9 @@ def batch_section(files: Path, batch_dir: Path) -> list[str]:
     statuses = ("ok", "skipped", "failed")
     return [
         "<h2>Batch colorization</h2>",
-        _cards([(k, str(int(counts.get(k, 0))), "bad" if k == "failed" else "ok") for k in statuses]),
+        _cards(
+            [(k, str(int(counts.get(k, 0))), "bad" if k == "failed" else "ok") for k in statuses]
+        ),
         f"<p>{manifest['input'].nunique()} sketches × {manifest['variant'].nunique()} variants. "
         f'<span class="muted">{html.escape(str(batch_dir))}</span></p>',
         _table(summary),

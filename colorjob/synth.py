@@ -79,6 +79,7 @@ FRINGES = ("straight", "side", "parted", "none")
 SHIRT_CUTS = ("tee", "vneck", "tank", "collar", "hoodie", "turtleneck")
 PATTERNS = ("plain", "stripes", "thin_stripes", "dots", "band", "logo")
 
+
 # ---- labels of the map ---------------------------------------------------------------------
 class Label(IntEnum):
     """What a pixel of the label map shows (painted back to front; LINE is added last)."""
@@ -640,11 +641,27 @@ def build_parser(prog: str = "python -m colorjob.synth"):
         "metadata.csv (input, output, hair, shirt).",
         config=False,
     )
-    p.add_argument("--out", required=True, help="folder to write the dataset into (created if missing)")
-    p.add_argument("--sketches", type=int, default=10, help="number of characters (default 10, as the seed)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; same seed -> same bytes (default 0)")
-    p.add_argument("--size", type=int, default=256, help="image side in pixels, a power of two >= 32 (default 256)")
-    p.add_argument("--workers", type=int, default=0, help="processes to draw with (default: one per CPU, up to 8)")
+    p.add_argument(
+        "--out", required=True, help="folder to write the dataset into (created if missing)"
+    )
+    p.add_argument(
+        "--sketches", type=int, default=10, help="number of characters (default 10, as the seed)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="random seed; same seed -> same bytes (default 0)"
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        default=256,
+        help="image side in pixels, a power of two >= 32 (default 256)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes to draw with (default: one per CPU, up to 8)",
+    )
     return p  # fmt: skip
 
 

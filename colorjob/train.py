@@ -50,7 +50,14 @@ from colorjob.export import ModelError, export_generator
 from colorjob.models import Discriminator, GANLoss, Generator, num_downs_for, set_requires_grad
 from colorjob.plots import plot_curves
 
-__all__ = ["METRIC_COLUMNS", "NonFiniteLossError", "TrainConfig", "load_checkpoint", "main", "train"]
+__all__ = [
+    "METRIC_COLUMNS",
+    "NonFiniteLossError",
+    "TrainConfig",
+    "load_checkpoint",
+    "main",
+    "train",
+]
 
 log = logging.getLogger(__name__)
 
@@ -433,7 +440,9 @@ def build_parser(prog: str = "python -m colorjob.train"):
         "configs/cpu.yaml = a small profile for a laptop CPU); flags and --set override it. "
         "Example: colorjob train --config configs/cpu.yaml --data data/chars-64 --out runs/cpu",
     )
-    cli.flag(p, "--data", "data", help="dataset folder with metadata.csv (make one: colorjob synth)")
+    cli.flag(
+        p, "--data", "data", help="dataset folder with metadata.csv (make one: colorjob synth)"
+    )
     cli.flag(p, "--out", "out", help="output folder for this run")
     cli.flag(p, "--epochs", "epochs", type=int, help="total epochs; with --resume, a larger value extends a finished run")  # fmt: skip
     cli.flag(p, "--image-size", "image_size", type=int, help="square image side, a power of two >= 32 (seed: 256)")  # fmt: skip

@@ -308,7 +308,9 @@ def finish(results, cfg: TuneConfig) -> Path | str | None:
             png = (Path(tmp) / "trials.png").read_bytes()
             storage.write_atomic(fs, storage.join(root, "trials.png"), png)
     with pd.option_context("display.width", 160, "display.max_columns", 20):
-        shown = table.drop(columns=["error"]).to_string(index=False, float_format=lambda v: f"{v:.4g}")
+        shown = table.drop(columns=["error"]).to_string(
+            index=False, float_format=lambda v: f"{v:.4g}"
+        )
         log.info(shown)
     for row in table[table["status"] == "failed"].itertuples():
         log.warning(f"trial {row.trial_id} failed: {row.error}")

@@ -49,12 +49,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    """A real local Ray with this machine's 2 CPUs, for one test module."""
+def ensure_local_ray() -> None:
+    """This test process's own local Ray (2 CPUs), started once and shared by the modules that
+    need one; never some other Ray that may be running on the machine."""
     import ray
 
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    if not ray.is_initialized():
+        os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+        ray.init(
+            address="local", num_cpus=2, include_dashboard=False, configure_logging=False,
+            log_to_driver=False,
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A real local Ray with this machine's 2 CPUs (shared across modules; see ensure_local_ray)."""
+    ensure_local_ray()
     yield
-    ray.shutdown()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_our_ray():
+    """Stop the Ray this test process started, once, at the end."""
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

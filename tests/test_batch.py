@@ -1,6 +1,7 @@
 """Batch colorization on real Ray Data with a tiny model trained in a fixture."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from colorjob.batch import BatchConfig, BatchError, read_grid, run, safe_name
 from colorjob.conditions import ConditionVocab
-from colorjob.export import read_model_info
+from colorjob.export import load_generator, read_model_info
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,7 +133,9 @@ def test_bad_files_fail_alone_and_reruns_skip_and_restore(local_ray, tmp_path, c
     m2 = run(cfg)
     assert (m2["status"] == "skipped").sum() == 21 and (m2["status"] == "ok").sum() == 0
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*__*.*")} == mtimes
-    assert (m2.loc[m2["status"] == "skipped", "width"] > 0).all()
+    sizes = m[m["status"] == "ok"].set_index("output")[["width", "height"]]
+    skipped = m2[m2["status"] == "skipped"].set_index("output")[["width", "height"]]
+    pd.testing.assert_frame_equal(skipped.sort_index(), sizes.sort_index())  # exact, not just > 0
 
     # delete half the outputs and leave a torn temp file: only the missing ones are made again
     done = sorted(out.rglob("*__*.png"))
@@ -148,9 +152,12 @@ def test_bad_files_fail_alone_and_reruns_skip_and_restore(local_ray, tmp_path, c
         len(m3) == len(m3[["input", "variant"]].drop_duplicates()) == 13 * 3
     )  # every output exactly once
 
-    # --overwrite redoes everything
+    # --overwrite redoes everything: every good output written again, the bad ones failed again
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*__*.png")}
     m4 = run(BatchConfig(**{**cfg.__dict__, "overwrite": True}))
-    assert (m4["status"] == "ok").sum() == 21
+    assert (m4["status"] == "ok").sum() == 21 and (m4["status"] == "failed").sum() == 6 * 3
+    after = {p: p.stat().st_mtime_ns for p in out.rglob("*__*.png")}
+    assert set(after) == set(before) and all(after[p] > before[p] for p in before)
 
 
 def test_grid_errors_come_before_any_work(tmp_path, model):
@@ -238,8 +245,19 @@ def test_shipped_grid_has_all_25_seed_combinations(model):
     assert len(g) == 25 and len(g[["hair", "shirt"]].drop_duplicates()) == 25
 
 
+def recorded(out: Path) -> set[str]:
+    """Outputs that the provenance parts left by a (killed) run say were finished."""
+    parts = list((out / ".colorjob" / "parts").rglob("*.parquet"))
+    parts = [p for p in parts if ".colorjob-tmp-" not in p.name]
+    if not parts:
+        return set()
+    rows = pd.concat([pd.read_parquet(p) for p in parts])
+    return set(rows.loc[rows["status"] == "ok", "output"])
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
 def test_a_job_killed_midway_and_rerun_ends_with_every_output_once(
-    local_ray, tmp_path, chars, model
+    local_ray, tmp_path, chars, model, executor
 ):
     import signal
     import time
@@ -250,19 +268,24 @@ def test_a_job_killed_midway_and_rerun_ends_with_every_output_once(
         src.rotate(i * 15, fillcolor="white").save(tmp_path / "in" / f"s{i:02d}.png")
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "colorjob.batch", "--input", str(tmp_path / "in"), "--conditions",
-           str(ROOT / "configs" / "grid.csv"), "--model", model, "--output", str(out)]  # fmt: skip
+           str(ROOT / "configs" / "grid.csv"), "--model", model, "--output", str(out),
+           "--set", f"executor={executor}"]  # fmt: skip
     env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and len(list(out.rglob("*__*.png"))) < 40:
-        time.sleep(0.1)
+    while time.time() < deadline and proc.poll() is None and len(recorded(out)) < 40:
+        time.sleep(0.05)
     assert proc.poll() is None, "the job ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver, its local Ray and the workers: no clean-up
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver, its Ray (if any) and the workers: no clean-up
     proc.wait()
-    written = len(list(out.rglob("*__*.png")))
-    assert 40 <= written < 24 * 25 and not (out / "manifest.parquet").exists()
+    done = recorded(out)  # what the killed job recorded as finished
+    images = {str(p.relative_to(out)) for p in out.rglob("*__*.png") if ".colorjob" not in p.parts}
+    assert 40 <= len(done) < 24 * 25 and done <= images
+    assert not (out / "manifest.parquet").exists()
+    bytes_before = {o: (out / o).read_bytes() for o in done}
     m = run(
         BatchConfig(
             input=str(tmp_path / "in"),
@@ -272,11 +295,65 @@ def test_a_job_killed_midway_and_rerun_ends_with_every_output_once(
         )
     )
     assert len(m) == 24 * 25 and set(m["status"]) <= {"ok", "skipped"}
-    assert (
-        m["status"] == "skipped"
-    ).sum() >= written - 64  # at most one batch in flight was torn down
+    assert set(m.loc[m["status"] == "skipped", "output"]) == done  # exactly what it had finished
+    assert (m["status"] == "ok").sum() == 24 * 25 - len(done)
     assert len(m[["input", "variant"]].drop_duplicates()) == 24 * 25
-    files = sorted(out.rglob("*__*.png"))
-    assert len(files) == 24 * 25 and not list(out.rglob(".colorjob-tmp-*"))
+    files = sorted(p for p in out.rglob("*__*.png") if ".colorjob" not in p.parts)
+    assert len(files) == 24 * 25 and not list(out.rglob("*.colorjob-tmp-*"))
     for f in files:  # no torn image survived the kill
         Image.open(f).load()
+    assert {o: (out / o).read_bytes() for o in done} == bytes_before  # finished work untouched
+
+
+def test_every_output_is_the_generators_own_colouring_of_its_sketch_and_condition(
+    local_ray, tmp_path, chars, model
+):
+    """Through the one inference path: a permutation of sketches, variants, conditions or file
+    names anywhere in the pipeline changes some pixel here."""
+    from colorjob.inference import colorize
+
+    (tmp_path / "in").mkdir()
+    for i in range(3):  # at the model's size and square: no resizing, no letterbox
+        shutil.copyfile(chars / "sketches" / f"char_000{i}.png", tmp_path / "in" / f"k{i}.png")
+    grid = tmp_path / "grid.csv"
+    grid.write_text("hair,shirt\nblack,red\nblonde,green\nblue,navy\nginger,purple\n")
+    for executor in ("ray", "local"):
+        out = tmp_path / f"out-{executor}"
+        m = run(BatchConfig(input=str(tmp_path / "in"), conditions=str(grid), model=model, output=str(out), executor=executor))  # fmt: skip
+        g, vocab, _ = load_generator(model)
+        for r in m.itertuples():
+            sk = torch.from_numpy(
+                np.asarray(Image.open(tmp_path / "in" / r.input).convert("RGB")).copy()
+            )
+            cond = torch.tensor([vocab.encode({"hair": r.hair, "shirt": r.shirt})])
+            expected = colorize(g, sk.permute(2, 0, 1)[None], cond, vocab)[0].permute(1, 2, 0)
+            got = np.asarray(Image.open(out / r.output).convert("RGB"))
+            assert np.array_equal(got, expected.numpy()), r
+
+
+def test_validation_metrics_equal_those_of_the_images_batch_writes(
+    local_ray, tmp_path, trained, chars
+):
+    """The score a search selects on is computed from exactly the pixels batch writes."""
+    from colorjob.data import load_splits
+    from colorjob.imaging import to_unit
+    from colorjob.metrics import fidelity_hits, l1, psnr
+
+    cfg, _ = trained
+    meta = read_model_info(Path(cfg.out) / "best")
+    _, val = load_splits(chars, 32, cfg.val_fraction, cfg.seed, cfg.split)
+    (tmp_path / "in").mkdir()
+    for rel in val.metadata["input"].unique():
+        shutil.copyfile(chars / rel, tmp_path / "in" / Path(rel).name)
+    m = run(BatchConfig(input=str(tmp_path / "in"), conditions=str(ROOT / "configs" / "grid.csv"), model=str(Path(cfg.out) / "best"), output=str(tmp_path / "out")))  # fmt: skip
+    made = m.set_index(["input", "hair", "shirt"])["output"]
+    fakes = torch.stack([
+        torch.from_numpy(np.asarray(Image.open(tmp_path / "out" / made[(Path(r.input).name, r.hair, r.shirt)]).convert("RGB")).copy()).permute(2, 0, 1)
+        for r in val.metadata.itertuples()
+    ])  # fmt: skip
+    t = val.tensors()
+    assert l1(to_unit(fakes), to_unit(t["targets"])).mean().item() == pytest.approx(meta["metrics"]["val_l1"], rel=1e-6)  # fmt: skip
+    assert psnr(to_unit(fakes), to_unit(t["targets"])).mean().item() == pytest.approx(meta["metrics"]["val_psnr"], rel=1e-6)  # fmt: skip
+    masks = [{a: val.mask(s, a) for a in val.vocab.names} for s in val.metadata["input"]]
+    fid = fidelity_hits(fakes, t["conditions"], masks, val.vocab).float().mean().item()
+    assert fid == pytest.approx(meta["metrics"]["val_fidelity"])

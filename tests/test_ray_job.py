@@ -1,6 +1,8 @@
-"""End to end on a real Ray cluster: `ray start --head` on loopback, `ray job submit`, `ray stop`."""
+"""End to end on a real Ray cluster: `ray start --head` on loopback, `ray job submit`, then only
+that cluster's processes are stopped (its process group), never other Rays on the machine."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -24,11 +26,15 @@ def cluster():
     }
     dash = free_port()
     start = [
-        str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
-        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-        "--num-cpus=2", "--disable-usage-stats",
+        str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+        f"--port={free_port()}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}", "--num-cpus=2", "--disable-usage-stats",
     ]  # fmt: skip
-    subprocess.run(start, env=env, check=True, capture_output=True, timeout=180)
+    # --block keeps `ray start` in the foreground; in a session of its own, its process group
+    # holds this cluster's processes and nothing else.
+    head = subprocess.Popen(
+        start, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     address = f"http://127.0.0.1:{dash}"
     try:
         for _ in range(60):  # the job server comes up a little after `ray start` returns
@@ -42,9 +48,17 @@ def cluster():
             time.sleep(1)
         yield env, address
     finally:
-        subprocess.run(
-            [str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120
-        )
+        stop_group(head)
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """Kill a process and everything in its process group (this cluster's Ray processes;
+    `ray start --block` does not stop promptly on SIGTERM or SIGINT)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    proc.wait(timeout=30)
 
 
 def submit(env: dict, address: str, entrypoint: list[str]) -> None:

@@ -51,7 +51,13 @@ def s3():
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     boto3.client("s3", endpoint_url=url, region_name="us-east-1").create_bucket(Bucket=BUCKET)
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    # Ray's workers must see the server's address and credentials: a Ray of its own, started
+    # after them (the shared one, if this process had started it, is restarted afterwards).
+    ray.shutdown()
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, configure_logging=False,
+        log_to_driver=False,
+    )  # fmt: skip
     yield url
     ray.shutdown()
     server.stop()

@@ -1,0 +1,254 @@
+"""Colour every sketch in a folder in every variant of a conditions grid.
+
+    colorjob batch --input sketches/ --conditions configs/grid.csv --model runs/cpu/best --output out/
+
+Files -> tensors -> model -> tensors -> files, in four rooms:
+
+- :mod:`.grid` and :mod:`.names`: the grid's variants and every output's name (a pure function
+  of the sketch's own path and the variant; clashes refused before work);
+- :mod:`.plan`: checks before any work (model, grid, locations, inputs), then what is done;
+- :mod:`.stages` and :mod:`.executors`: decode -> colorize -> encode and write, in this process
+  or on Ray Data (fused actors on CPU clusters, CPU decode/encode around GPU actors otherwise);
+- :mod:`.ledger` and :mod:`.lock`: provenance recorded as work completes, the manifest, one run
+  per output folder at a time.
+
+Writes ``OUTPUT/<sketch's dir>/<name>__<variant>.<ext>`` at the sketch's own size, each file
+atomically; ``OUTPUT/manifest.parquet`` (one row per sketch x variant: input, output, status
+ok|skipped|failed, error, one column per attribute, variant, model_id, width, height);
+``OUTPUT/contact_sheet.png``; and ``OUTPUT/.colorjob/`` (the ledger, the lock, the resolved
+``config.yaml``). A rerun skips only outputs that the same model made for the same values and
+that are unchanged since. Input and output may be local folders or URIs (s3://...).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pandas as pd
+import pyarrow.parquet as pq
+from PIL import Image
+from tqdm.auto import tqdm
+
+from colorjob import cli, storage
+from colorjob import config as cfgmod
+from colorjob.batch import ledger
+from colorjob.batch.executors import choose_executor, run_local, run_ray
+from colorjob.batch.grid import BatchError, read_grid
+from colorjob.batch.lock import OutputLock
+from colorjob.batch.names import safe_name
+from colorjob.batch.plan import Plan, clean_temporaries, decide, preflight
+from colorjob.batch.stages import FORMATS, Spec
+from colorjob.export import DEFAULT_MODEL
+from colorjob.imaging import letterbox, load_rgb
+
+__all__ = ["BatchConfig", "BatchError", "Result", "execute", "letterbox", "main", "read_grid", "run", "safe_name"]  # fmt: skip
+
+log = logging.getLogger(__name__)
+MANIFEST = ledger.MANIFEST
+
+
+@dataclass
+class BatchConfig:
+    input: str = "sketches"  # folder or URI of sketches (searched recursively), or one image
+    conditions: str = "configs/grid.csv"  # the grid: one row per variant
+    model: str = str(DEFAULT_MODEL)  # exported generator folder or URI (default: the shipped one)
+    output: str = "out"  # folder or URI for images, manifest and contact sheet
+    batch_size: int = 64  # images per generator call
+    format: Literal["png", "webp", "jpg"] = "png"
+    overwrite: bool = False  # redo outputs that are already done
+    fail_on_error: bool = False  # exit 1 when any input failed
+    max_pixels: int = 40_000_000  # larger images fail (decompression bombs); bounds decode memory
+    min_side: int = 8  # smaller images fail: nothing to colour
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPUs
+    executor: Literal["auto", "local", "ray"] = "auto"  # auto: Ray when on a cluster, else here
+    workers: int = 0  # local executor threads; 0 = one per CPU
+    placement: Literal["auto", "fused", "split"] = "auto"  # Ray: fused on CPUs, split with GPUs
+    actors: int = 0  # Ray GPU generator actors (split); 0 = one per gpus_per_actor GPUs
+    gpus_per_actor: float = 1.0
+    threads_per_worker: int = 1  # torch threads of a fused CPU task (the CPUs it holds)
+    contact_sheet: bool = True
+
+    def __post_init__(self) -> None:
+        r = cfgmod.check_range
+        for key in ("input", "conditions", "model", "output"):
+            if not getattr(self, key).strip():
+                raise cfgmod.ConfigError(f"{key} must be a non-empty path or URI")
+        for key in ("batch_size", "max_pixels", "min_side", "threads_per_worker"):
+            r(key, getattr(self, key), 1)
+        r("workers", self.workers, 0)
+        r("actors", self.actors, 0)
+        r("gpus_per_actor", self.gpus_per_actor, 0, 64, low_open=True)
+
+
+@dataclass
+class Result:
+    """What a batch run did: counts by status, where the manifest is, how long it took."""
+
+    counts: dict = field(default_factory=dict)
+    manifest: str = ""
+    seconds: float = 0.0
+    executor: str = ""
+
+    @property
+    def failed(self) -> int:
+        return self.counts.get("failed", 0)
+
+
+def execute(cfg: BatchConfig) -> Result:
+    """Colour everything; returns the counts (the manifest stays in storage)."""
+    t0 = time.perf_counter()
+    plan = preflight(cfg)  # everything checkable, before any work or Ray
+    run_id = ledger.new_run_id()
+    with OutputLock(cfg.output, run_id):
+        clean_temporaries(cfg.output)
+        decide(plan, cfg, run_id)
+        executor = choose_executor(cfg.executor) if plan.jobs else "none"
+        log.info(
+            f"colorjob batch: {len(plan.sketches)} sketches x {len(plan.grid)} variants = "
+            f"{plan.total} images; {plan.skipped} already done, {plan.todo} to make; model "
+            f"{plan.meta['model_id']} ({plan.meta['image_size']}px); executor {executor}"
+        )
+        if plan.jobs:
+            _make(plan, cfg, run_id, executor)
+        counts = ledger.finish(
+            cfg.output, run_id, plan.grid, {s: i for i, s in enumerate(plan.sketches)},
+            plan.old_parts,
+        )  # fmt: skip
+        fs, root = storage.resolve(cfg.output)
+        storage.write_atomic(
+            fs, storage.join(root, ledger.STATE, "config.yaml"), cfgmod.dump(cfg).encode()
+        )
+        if cfg.contact_sheet:
+            contact_sheet(cfg, plan)
+    result = Result(
+        counts, storage.join(str(cfg.output), MANIFEST), time.perf_counter() - t0, executor
+    )
+    log.info(
+        f"done in {result.seconds:.1f}s: {counts.get('ok', 0)} ok, {counts.get('skipped', 0)} "
+        f"skipped, {counts.get('failed', 0)} failed"
+    )
+    if result.failed:
+        _report_failures(cfg)
+    log.info(f"manifest: {result.manifest}")
+    return result
+
+
+def _make(plan: Plan, cfg: BatchConfig, run_id: str, executor: str) -> None:
+    spec = Spec(
+        input_root=plan.input_root, output_root=cfg.output, fmt=cfg.format,
+        size=plan.meta["image_size"], max_pixels=cfg.max_pixels, min_side=cfg.min_side,
+        batch_size=cfg.batch_size, precision=cfg.precision, run_id=run_id,
+        model_id=plan.meta["model_id"], conditions=tuple(tuple(i) for i in plan.grid["index"]),
+        values=tuple(plan.grid["values"]),
+    )  # fmt: skip
+    bar = tqdm(total=plan.todo, unit="img", desc="colouring", disable=not sys.stderr.isatty())
+
+    def progress(ok: int, failed: int) -> None:
+        bar.update(ok + failed)
+
+    model = (plan.meta, plan.weights)
+    if executor == "ray":
+        placement = run_ray(spec, model, plan.jobs, cfg, progress)
+        log.debug(f"ray placement: {placement}")
+    else:
+        run_local(spec, model, plan.jobs, cfg.workers, progress)
+    bar.close()
+
+
+def run(cfg: BatchConfig) -> pd.DataFrame:
+    """Colour everything; returns the manifest (also in OUTPUT/manifest.parquet)."""
+    execute(cfg)
+    fs, root = storage.resolve(cfg.output)
+    return pd.read_parquet(io.BytesIO(storage.read_bytes(fs, storage.join(root, MANIFEST))))
+
+
+def _manifest_rows(cfg: BatchConfig, columns: list[str]):
+    """The manifest in record batches (it is never loaded whole)."""
+    fs, root = storage.resolve(cfg.output)
+    with fs.open_input_file(storage.join(root, MANIFEST)) as f:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=65_536, columns=columns):
+            yield batch.to_pandas()
+
+
+def _report_failures(cfg: BatchConfig, shown: int = 10) -> None:
+    failed: dict[str, str] = {}
+    for df in _manifest_rows(cfg, ["input", "status", "error"]):
+        for r in df[df["status"] == "failed"].itertuples():
+            failed.setdefault(r.input, r.error)
+    for name, error in list(failed.items())[:shown]:
+        log.warning(f"failed: {name}: {error}")
+    if len(failed) > shown:
+        log.warning(f"... and {len(failed) - shown} more inputs (see the manifest)")
+
+
+def contact_sheet(
+    cfg: BatchConfig, plan: Plan, rows: int = 8, cols: int = 8, thumb: int = 96
+) -> None:
+    """A look at the job: the first sketches down the side, their first variants across."""
+    picked: dict[str, dict[str, str]] = {}
+    for df in _manifest_rows(cfg, ["input", "output", "status", "variant"]):  # sorted by sketch
+        good = df[df["status"] != "failed"]
+        new = [s for s in dict.fromkeys(good["input"]) if s not in picked][: rows - len(picked)]
+        for r in good[good["input"].isin(set(new) | set(picked))].itertuples():
+            picked.setdefault(r.input, {})[r.variant] = r.output
+        if len(picked) >= rows and df["input"].iloc[-1] not in picked:
+            break
+    if not picked:
+        return
+    variants = list(dict.fromkeys(v for outs in picked.values() for v in outs))[:cols]
+    fs_in, in_root = storage.resolve(plan.input_root)
+    fs_out, out_root = storage.resolve(cfg.output)
+    sheet = Image.new("RGB", ((len(variants) + 1) * thumb, len(picked) * thumb), "white")
+
+    def tile(fs, path):
+        return Image.fromarray(letterbox(load_rgb(storage.read_bytes(fs, path)), thumb)[0])
+
+    for r, (sketch, outs) in enumerate(sorted(picked.items())):
+        sheet.paste(tile(fs_in, storage.join(in_root, sketch)), (0, r * thumb))
+        for c, v in enumerate(variants):
+            if v in outs:
+                sheet.paste(
+                    tile(fs_out, storage.join(out_root, outs[v])), ((c + 1) * thumb, r * thumb)
+                )
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    storage.write_atomic(fs_out, storage.join(out_root, "contact_sheet.png"), buf.getvalue())
+
+
+# ---- command line --------------------------------------------------------------------------------
+def build_parser(prog: str = "python -m colorjob.batch"):
+    p = cli.parser(
+        prog,
+        "Colour every sketch under --input in every variant of the --conditions grid with a trained "
+        "generator: in this process on one machine, on Ray Data on a cluster. Writes one image per "
+        "(sketch, variant), manifest.parquet and contact_sheet.png to --output. Rerunning skips "
+        "what the same model already made for the same values.",
+        "grid.csv: one column per condition attribute of the model (e.g. hair,shirt) and an "
+        "optional name column for the output file names; configs/grid.csv has all 25 seed "
+        "combinations. More keys (--set): executor, workers, placement, actors, precision, "
+        "max_pixels, min_side.",
+    )
+    cli.flag(p, "--input", "input", help="folder (or URI) of sketches, searched recursively; or one image")  # fmt: skip
+    cli.flag(p, "--conditions", "conditions", help="grid CSV: one row per colour variant")
+    cli.flag(p, "--model", "model", help="exported generator folder (train's OUT/best, tune's best/); default: the shipped model")  # fmt: skip
+    cli.flag(p, "--output", "output", help="folder (or URI) for the images, manifest and contact sheet")  # fmt: skip
+    cli.flag(p, "--batch-size", "batch_size", type=int, help="images per generator call (default 64)")  # fmt: skip
+    cli.flag(p, "--format", "format", choices=list(FORMATS), help="output image format (default png)")  # fmt: skip
+    cli.flag(p, "--overwrite", "overwrite", action="store_true", default=None, help="redo outputs that are already done")  # fmt: skip
+    cli.flag(p, "--fail-on-error", "fail_on_error", action="store_true", default=None, help="exit 1 if any input failed")  # fmt: skip
+    return p
+
+
+def command(args) -> int:
+    cfg = cli.load(BatchConfig, args)
+    result = execute(cfg)
+    return 1 if result.failed and cfg.fail_on_error else 0
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    return cli.run(build_parser(prog or "python -m colorjob.batch"), command, argv)
