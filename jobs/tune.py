@@ -1,6 +1,6 @@
 """Ray job entrypoint: hyper-parameter search, the same as ``colorjob tune``.
 
-    ray job submit --working-dir . -- python jobs/tune.py --config configs/tune.yaml
+ray job submit --working-dir . -- python jobs/tune.py --config configs/tune.yaml
 """
 
 import sys

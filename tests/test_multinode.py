@@ -20,7 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def cluster():
     ray.shutdown()  # this process's own local Ray, if a module before started it
-    fast_death = {"health_check_period_ms": 500, "health_check_failure_threshold": 3}  # ~2 s, not 30
+    fast_death = {
+        "health_check_period_ms": 500,
+        "health_check_failure_threshold": 3,
+    }  # ~2 s, not 30
     c = Cluster(
         initialize_head=True,
         head_node_args={"num_cpus": 0, "include_dashboard": False, "_system_config": fast_death},
