@@ -160,7 +160,13 @@ class Discriminator(nn.Module):
 
 
 def init_weights(net: nn.Module, gain: float = 0.02) -> None:
-    """pix2pix 'normal' init: conv weights N(0, gain), BatchNorm weights N(1, gain), biases 0."""
+    """pix2pix 'normal' init: conv weights N(0, gain), BatchNorm weights N(1, gain), biases 0.
+
+    Networks built on the ``meta`` device (shapes only, e.g. to check a weights file) are left
+    as they are: they hold no values, and initialising them would only cost time.
+    """
+    if any(p.is_meta for p in net.parameters()):
+        return
     for m in net.modules():
         if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
             nn.init.normal_(m.weight, 0.0, gain)

@@ -357,3 +357,40 @@ def test_validation_metrics_equal_those_of_the_images_batch_writes(
     masks = [{a: val.mask(s, a) for a in val.vocab.names} for s in val.metadata["input"]]
     fid = fidelity_hits(fakes, t["conditions"], masks, val.vocab).float().mean().item()
     assert fid == pytest.approx(meta["metrics"]["val_fidelity"])
+
+
+def test_placement_fits_the_cluster_it_finds(monkeypatch):
+    from colorjob.batch.executors import choose_executor, choose_placement
+
+    cfg = BatchConfig()
+    cpu = choose_placement(cfg, {"CPU": 2.0, "memory": 1e10})
+    assert (cpu.kind, cpu.workers, cpu.cpus, cpu.threads, cpu.gpus) == ("fused", 2, 1.0, 1, 0.0)
+    wide = choose_placement(BatchConfig(threads_per_worker=4), {"CPU": 16.0})
+    assert (wide.kind, wide.workers, wide.threads) == ("fused", 4, 4)  # tasks x threads = CPUs
+    gpu = choose_placement(cfg, {"CPU": 16.0, "GPU": 2.0})
+    assert (gpu.kind, gpu.workers, gpu.gpus, gpu.cpus) == ("split", 2, 1.0, 1.0)
+    shared = choose_placement(BatchConfig(gpus_per_actor=0.5), {"CPU": 8.0, "GPU": 1.0})
+    assert (shared.kind, shared.workers, shared.gpus) == ("split", 2, 0.5)
+    forced = choose_placement(BatchConfig(placement="split"), {"CPU": 2.0})
+    assert (forced.kind, forced.gpus) == ("split", 0.0)  # runs on CPUs when asked to
+    assert (
+        choose_placement(BatchConfig(placement="fused"), {"CPU": 4.0, "GPU": 1.0}).kind == "fused"
+    )
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert choose_executor("auto") == "ray" and choose_executor("local") == "local"
+
+
+def test_every_plan_writes_the_same_bytes(local_ray, tmp_path, chars, model):
+    """In this process, fused Ray tasks, and the split plan (decode tasks -> generator actor ->
+    encode tasks): the same outputs, byte for byte, for the same model and sketches."""
+    make_sketches(tmp_path / "in", chars)
+    grid = tmp_path / "grid.csv"
+    grid.write_text("hair,shirt\nblack,red\nblonde,green\nblue,navy\n")
+    made = {}
+    for name, kw in {"local": {"executor": "local"}, "fused": {"executor": "ray", "placement": "fused"},
+                     "split": {"executor": "ray", "placement": "split"}}.items():  # fmt: skip
+        out = tmp_path / name
+        m = run(BatchConfig(input=str(tmp_path / "in"), conditions=str(grid), model=model, output=str(out), **kw))  # fmt: skip
+        assert (m["status"] == "ok").all() and len(m) == 7 * 3
+        made[name] = {o: (out / o).read_bytes() for o in m["output"]}
+    assert made["local"] == made["fused"] == made["split"]
