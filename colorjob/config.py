@@ -121,7 +121,10 @@ def from_dict(cls: type[T], data: dict | None, where: str = "config") -> T:
     kwargs = {
         k: _coerce(v, hints[k], f"{where}.{k}" if where != "config" else k) for k, v in data.items()
     }
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)  # the dataclass's own range checks
+    except ConfigError as e:
+        raise ConfigError(f"{where}.{e}" if where != "config" else str(e)) from None
 
 
 def check_range(

@@ -2,17 +2,21 @@
 
 A dataset is a folder with ``metadata.csv`` (columns ``input, output`` and one column per condition
 attribute, e.g. ``hair, shirt``), the sketches and their coloured versions, file names relative to
-the folder. ``masks/<sketch stem>_<attribute>.png`` (optional) mark where each attribute is drawn;
-``conditions.json`` (optional) records the value order and colours (see :mod:`colorjob.conditions`).
+the folder and inside it. Masks (optional) mark where each attribute is drawn in a sketch:
+``masks/<sketch's path without extension>_<attribute>.png`` (``masks/sketches/a/x_hair.png``), or
+``masks/<stem>_<attribute>.png`` when no other sketch has that file stem. ``conditions.json``
+(optional) records the value order and colours (see :mod:`colorjob.conditions`).
 
-Images of any mode and size become RGB (transparency composited on white, 16-bit scaled down),
+Images of any mode and size become RGB (transparency composited on white, 16-bit scaled down,
+float images read as [0, 1]),
 are resized to the model's square size and scaled to [-1, 1]. Each file is decoded once per run:
 the decoded uint8 tensors are cached, and a sketch shared by 25 colourings is decoded once.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections import Counter
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 import pandas as pd
@@ -68,6 +72,20 @@ def read_metadata(root: str | Path) -> pd.DataFrame:
     blank = df.index[(df[list(FILE_COLUMNS)] == "").any(axis=1)].tolist()
     if blank:
         raise DatasetError(f"{path}: rows {_rows(blank)} have an empty input or output")
+    outside = [
+        f"row {i + 2}: {f}"
+        for i, pair in enumerate(df[list(FILE_COLUMNS)].itertuples(index=False))
+        for f in pair
+        if _leaves(f)
+    ]
+    if outside:
+        shown = "; ".join(outside[:10]) + (
+            f"; and {len(outside) - 10} more" if len(outside) > 10 else ""
+        )
+        raise DatasetError(
+            f"{path}: paths must be relative to the dataset folder and stay inside it (no absolute "
+            f"paths, no '..'): {shown}"
+        )
     files = pd.unique(pd.concat([df["input"], df["output"]]))
     gone = [f for f in files if not (root / f).is_file()]
     if gone:
@@ -76,6 +94,24 @@ def read_metadata(root: str | Path) -> pd.DataFrame:
             f"{len(gone)} image file(s) listed in {path} are missing under {root}: {shown}"
         )
     return df
+
+
+def _leaves(rel: str) -> bool:
+    """Whether a path in metadata.csv points outside the dataset folder."""
+    posix, windows = PurePosixPath(rel.replace("\\", "/")), PureWindowsPath(rel)
+    return posix.is_absolute() or bool(windows.drive) or ".." in posix.parts
+
+
+def mask_path(root: Path, sketch_rel: str, attribute: str, unique_stem: bool) -> Path | None:
+    """Where the mask of ``attribute`` in a sketch is: ``masks/<sketch's path without its
+    extension>_<attribute>.png`` (``masks/sketches/a/x_hair.png``), or, for a sketch whose file
+    stem no other sketch shares, the flat ``masks/<stem>_<attribute>.png``."""
+    rel = PurePosixPath(sketch_rel)
+    keyed = root / "masks" / rel.parent / f"{rel.stem}_{attribute}.png"
+    if keyed.is_file():
+        return keyed
+    flat = root / "masks" / f"{rel.stem}_{attribute}.png"
+    return flat if unique_stem and flat.is_file() else None
 
 
 def _rows(idx: list[int]) -> str:
@@ -147,6 +183,7 @@ class PairDataset(torch.utils.data.Dataset):
         if bad:
             raise DatasetError(f"{self.root / 'metadata.csv'}: " + "; ".join(bad[:10]))
         self.conditions = torch.tensor(cond, dtype=torch.long)
+        self._stems = Counter(PurePosixPath(p).stem for p in pd.unique(full["input"]))
         # Shared between the train and validation splits of one run: each file decoded once.
         self._cache: dict[str, torch.Tensor] = {} if cache is None else cache
 
@@ -165,11 +202,14 @@ class PairDataset(torch.utils.data.Dataset):
         return t
 
     def mask(self, sketch_rel: str, attribute: str) -> torch.Tensor | None:
-        """``(S, S)`` bool region of ``attribute`` in a sketch, or None when there is no mask file."""
-        path = self.root / "masks" / f"{Path(sketch_rel).stem}_{attribute}.png"
-        key = f"mask:{path}"
+        """``(S, S)`` bool region of ``attribute`` in a sketch, or None when there is no mask file
+        (see :func:`mask_path` for where it is looked for)."""
+        key = f"mask:{sketch_rel}:{attribute}"
         if key not in self._cache:
-            if not path.is_file():
+            path = mask_path(
+                self.root, sketch_rel, attribute, self._stems[PurePosixPath(sketch_rel).stem] == 1
+            )
+            if path is None:
                 return None
             m = (
                 Image.open(path)

@@ -247,33 +247,69 @@ def write_atomic(fs: pafs.FileSystem, path: str, data: bytes, run: str | None = 
             f.write(data)
 
 
-def download_dir(uri: str, dest: str | Path) -> Path:
-    """Copy a remote folder to a local one (each file once: files already there are kept)."""
-    fs, root = resolve(uri)
-    dest = Path(dest)
-    try:
-        files = list_files(fs, root)
-    except OSError as e:
-        raise explain(uri, e) from None
-    for rel in files:
-        target = dest / rel
-        if target.is_file():
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with replacing(target) as tmp:
-            tmp.write_bytes(read_bytes(fs, join(root, rel)))
-    return dest
+def cache_root() -> Path:
+    """This user's private cache of remote datasets (``$COLORJOB_CACHE``, else
+    ``$XDG_CACHE_HOME/colorjob/data``, else ``~/.cache/colorjob/data``), readable by its owner only."""
+    base = os.environ.get("COLORJOB_CACHE")
+    root = Path(base) if base else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "colorjob" / "data"  # fmt: skip
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o700)
+    return root
+
+
+def safe_relative(rel: str, where: str) -> str:
+    """``rel`` if it names a path inside its root (no absolute path, no ``..``); else an error."""
+    parts = rel.replace("\\", "/").split("/")
+    if rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise StorageError(
+            f"{where}: {rel!r} would leave its folder; refusing it (rename the object)"
+        )
+    return "/".join(parts)
 
 
 def local_copy(uri: str) -> Path:
-    """A local folder with the contents of ``uri``: the path itself, or a per-node cache of it."""
+    """A local folder with the contents of ``uri``: the path itself, or this node's cached copy.
+
+    The copy lives in the user's private cache (:func:`cache_root`) and is brought up to date
+    with the remote listing on every call: files whose size or modification time changed are
+    fetched again, files gone remotely are removed. Concurrent callers on one node (several
+    trials) take turns.
+    """
     if not is_uri(uri):
         return Path(uri)
+    import fcntl
     import hashlib
-    import tempfile
+    import json
 
-    key = hashlib.sha1(uri.encode()).hexdigest()[:16]
-    return download_dir(uri, Path(tempfile.gettempdir()) / "colorjob-cache" / key)
+    dest = cache_root() / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    fs, root = resolve(uri)
+    with open(dest.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+        except OSError as e:
+            raise explain(uri, e) from None
+        prefix = root.rstrip("/") + "/"
+        remote = {
+            safe_relative(i.path[len(prefix) :], uri): [i.size, i.mtime_ns or 0]
+            for i in infos
+            if i.type == pafs.FileType.File and i.path.startswith(prefix)
+        }
+        state = dest / ".colorjob-cache.json"
+        known = json.loads(state.read_text()) if state.is_file() else {}
+        dest.mkdir(exist_ok=True)
+        for rel, info in remote.items():
+            target = dest / rel
+            if known.get(rel) == info and target.is_file():
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with replacing(target, durable=False) as tmp:
+                tmp.write_bytes(read_bytes(fs, join(root, rel)))
+        for rel in set(known) - set(remote):
+            (dest / rel).unlink(missing_ok=True)
+        with replacing(state, durable=False) as tmp:
+            tmp.write_text(json.dumps(remote))
+    return dest
 
 
 def upload_dir(src: str | Path, uri: str) -> None:

@@ -45,6 +45,7 @@ from colorjob import config as cfgmod
 from colorjob.checkpoint import load as load_checkpoint
 from colorjob.conditions import ConditionVocab
 from colorjob.data import DatasetError, DeviceSet, EpochSampler, epoch_seed, load_splits
+from colorjob.errors import ColorjobError
 from colorjob.evaluate import region_masks, sample_grid, save_samples, validate
 from colorjob.export import ModelError, export_generator
 from colorjob.models import Discriminator, GANLoss, Generator, num_downs_for, set_requires_grad
@@ -132,6 +133,37 @@ class TrainConfig:
 
 class NonFiniteLossError(RuntimeError):
     """A loss became NaN or infinite; training stops (the last checkpoint is intact)."""
+
+
+class RunFolderError(ColorjobError, ValueError):
+    """The run folder already holds something and neither resume nor overwrite was asked for."""
+
+
+#: What a run writes into its folder (what --overwrite removes).
+RUN_FILES = ("config.yaml", "metrics.csv", "loss.png", "checkpoints", "best", "samples", "tensorboard")  # fmt: skip
+
+
+def claim_out(cfg: TrainConfig, overwrite: bool, accelerator: Accelerator) -> None:
+    """A new run needs an empty (or new) folder: an earlier run is never silently replaced.
+
+    ``overwrite`` removes the earlier run's files first. Every process looks before any writes.
+    """
+    out = Path(cfg.out)
+    taken = out.is_dir() and any(out.iterdir())
+    accelerator.wait_for_everyone()
+    if taken and not overwrite:
+        raise RunFolderError(
+            f"{out} already holds a run (or other files): add --resume to continue it, "
+            "--overwrite to start over (its checkpoints, metrics, samples and best/ are "
+            "deleted), or choose another --out"
+        )
+    if taken and accelerator.is_main_process:
+        removed = [name for name in RUN_FILES if (out / name).exists()]
+        for name in removed:
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        log.warning(f"starting over in {out}: removed the earlier run's {', '.join(removed) or 'nothing'}")  # fmt: skip
+    accelerator.wait_for_everyone()
 
 
 def lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
@@ -223,7 +255,7 @@ class Run:
         return self.accelerator.is_main_process
 
 
-def setup(cfg: TrainConfig, resume: bool | str | Path = False) -> Run:
+def setup(cfg: TrainConfig, resume: bool | str | Path = False, overwrite: bool = False) -> Run:
     """Data, networks, optimisers and (when resuming) their restored state."""
     kwargs = {"log_with": "tensorboard", "project_dir": cfg.out} if cfg.log_with != "none" else {}
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, **kwargs)
@@ -231,6 +263,11 @@ def setup(cfg: TrainConfig, resume: bool | str | Path = False) -> Run:
     if resume:
         state = checkpoint.load(Path(cfg.out) / "checkpoints" if resume is True else resume)
         checkpoint.check_compatible(cfgmod.to_dict(cfg), state)
+        changed = _changes(state["config"], cfgmod.to_dict(cfg))
+        if changed and accelerator.is_main_process:
+            log.info(f"resuming with changes: {'; '.join(changed)}")
+    else:
+        claim_out(cfg, overwrite, accelerator)
     set_seed(cfg.seed)
     data_dir = storage.local_copy(cfg.data)  # a URI (s3://...) is fetched once per node
     train_ds, val_ds = load_splits(data_dir, cfg.image_size, cfg.val_fraction, cfg.seed, cfg.split)
@@ -367,14 +404,16 @@ def train(
     cfg: TrainConfig,
     resume: bool | str | Path = False,
     report: Callable[[dict, Path | None], None] | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Run (or resume) a training run; returns a summary dict (best epoch, its metrics, paths).
 
     ``resume``: True resumes from ``OUT/checkpoints/last.pt``; a path resumes from that file (or
-    directory). ``report(metrics, checkpoint_dir)`` is called after every epoch (Ray Tune passes
-    one; ``checkpoint_dir`` is None on epochs that saved no checkpoint).
+    directory). Without it the run folder must be empty or new, unless ``overwrite`` (start over).
+    ``report(metrics, checkpoint_dir)`` is called after every epoch (Ray Tune passes one;
+    ``checkpoint_dir`` is None on epochs that saved no checkpoint).
     """
-    run = setup(cfg, resume)
+    run = setup(cfg, resume, overwrite)
     if run.start > cfg.epochs:
         log.info(f"already trained {run.start - 1} epochs (>= epochs={cfg.epochs}): nothing to do")
     for epoch in range(run.start, cfg.epochs + 1):
@@ -421,6 +460,10 @@ def _check_finite(losses: list[torch.Tensor], start: int, epoch: int, cfg: Train
     return len(losses)
 
 
+def _changes(old: dict, new: dict) -> list[str]:
+    return [f"{k} {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v]
+
+
 def _write_metrics(history: list[dict], path: Path) -> None:
     with storage.replacing(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
@@ -449,7 +492,9 @@ def build_parser(prog: str = "python -m colorjob.train"):
     cli.flag(p, "--batch-size", "batch_size", type=int, help="samples per step")
     cli.flag(p, "--seed", "seed", type=int, help="seed for the split, initialisation, shuffling and dropout")  # fmt: skip
     cli.flag(p, "--mixed-precision", "mixed_precision", choices=["no", "bf16", "fp16"], help="bf16 on recent GPUs is fastest")  # fmt: skip
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt with the run's own config")  # fmt: skip
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint, with the run's own config (OUT/config.yaml) and what this command line changes")  # fmt: skip
+    what.add_argument("--overwrite", action="store_true", help="start over in a folder that holds an earlier run (its checkpoints, metrics, samples and best/ are deleted)")  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="check the install: 1 epoch on a tiny generated dataset, then exit")  # fmt: skip
     return p
 
@@ -457,10 +502,13 @@ def build_parser(prog: str = "python -m colorjob.train"):
 def config_from_args(args) -> TrainConfig:
     if not args.resume:
         return cli.load(TrainConfig, args)
-    # Resume with the run's own config; only what is given on this command line changes.
+    # Resume with the run's own config (OUT/config.yaml, or the checkpoint's for runs older than
+    # it); only what is given on this command line changes.
     overrides = cli.overrides(args)
-    out = overrides.get("out") or cfgmod.load(TrainConfig, args.config).out
-    state = checkpoint.load(Path(out) / "checkpoints")
+    out = Path(overrides.get("out") or cfgmod.load(TrainConfig, args.config).out)
+    if (out / "config.yaml").is_file():
+        return cfgmod.load(TrainConfig, out / "config.yaml", overrides)
+    state = checkpoint.load(out / "checkpoints")
     return cfgmod.from_dict(TrainConfig, cfgmod.merge(state["config"], overrides))
 
 
@@ -469,7 +517,7 @@ def command(args) -> int:
         return _dry_run()
     cfg = config_from_args(args)
     try:
-        summary = train(cfg, resume=args.resume)
+        summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
     except NonFiniteLossError as e:
         log.error(str(e))
         return 1

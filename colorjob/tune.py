@@ -29,6 +29,7 @@ import pandas as pd
 
 from colorjob import cli, storage
 from colorjob import config as cfgmod
+from colorjob.models import num_downs_for
 from colorjob.train import NonFiniteLossError, TrainConfig, train
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,10 @@ class Resources:
     cpu: float = 1.0  # CPUs per trial (also its torch threads)
     gpu: float = 0.0  # GPUs per trial; fractions (0.25) let small trials share a card
 
+    def __post_init__(self) -> None:
+        cfgmod.check_range("cpu", self.cpu, 0, 1024, low_open=True)
+        cfgmod.check_range("gpu", self.gpu, 0, 64)
+
 
 @dataclass
 class Scheduler:
@@ -48,12 +53,23 @@ class Scheduler:
     grace_period: int = 2  # epochs before ASHA may stop a trial
     reduction_factor: float = 2.0  # keep the best 1/reduction_factor at each rung
 
+    def __post_init__(self) -> None:
+        cfgmod.check_range("grace_period", self.grace_period, 1)
+        cfgmod.check_range("reduction_factor", self.reduction_factor, 1, 100, low_open=True)
+
 
 @dataclass
 class GenerateData:
     sketches: int = 10
     size: int = 64
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        cfgmod.check_range("sketches", self.sketches, 1)
+        try:
+            num_downs_for(self.size)
+        except ValueError as e:
+            raise cfgmod.ConfigError(f"size: {e}") from None
 
 
 @dataclass
@@ -85,6 +101,16 @@ class TuneConfig:
     scheduler: Scheduler = field(default_factory=Scheduler)
     max_failures: int = 1  # retries of a crashed trial (from its last checkpoint)
     generate_data: GenerateData | None = None  # make a synthetic dataset if train.data is missing
+
+    def __post_init__(self) -> None:
+        if not self.name.strip() or "/" in self.name or self.name in (".", ".."):
+            raise cfgmod.ConfigError(f"name must be a folder name (no '/'), got {self.name!r}")
+        if not self.storage_path.strip():
+            raise cfgmod.ConfigError("storage_path must be a folder or URI")
+        cfgmod.check_range("num_samples", self.num_samples, 1)
+        cfgmod.check_range("max_concurrent_trials", self.max_concurrent_trials, 1)
+        cfgmod.check_range("fidelity_weight", self.fidelity_weight, 0)
+        cfgmod.check_range("max_failures", self.max_failures, -1)
 
 
 # ---- the search space --------------------------------------------------------------------------
@@ -151,7 +177,8 @@ def train_gan(params: dict, base: dict, tune_cfg: dict) -> None:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     try:
-        train(train_cfg, resume=resume or False, report=report)
+        # The trial's folder is Tune's own: a retry without a checkpoint starts over in it.
+        train(train_cfg, resume=resume or False, report=report, overwrite=resume is None)
     except NonFiniteLossError as e:
         raise RuntimeError(f"trial stopped: {e}") from None
 
@@ -349,7 +376,55 @@ def prepare_data(cfg: TuneConfig) -> TuneConfig:
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, data=data))
 
 
-def run(cfg: TuneConfig, resume: bool = False) -> Path | str | None:
+#: What makes two searches the same experiment: --resume refuses a change to any of these.
+FINGERPRINTED = ("search", "train", "metric", "fidelity_weight", "searcher", "start_from_defaults", "seed", "scheduler", "num_samples")  # fmt: skip
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out |= _flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v}
+    return out
+
+
+def claim_experiment(cfg: TuneConfig, resume: bool, force: bool = False) -> None:
+    """A new search needs a new experiment; a resumed one must be the same search.
+
+    The experiment keeps its resolved config in ``<experiment>/config.yaml``; resuming with a
+    different search space, base training config, metric, searcher or scheduler is refused
+    with the differences listed, unless ``force``.
+    """
+    import yaml
+    from ray import tune
+
+    path = experiment_path(cfg)
+    fs, root = storage.resolve(path)
+    saved = storage.join(root, "config.yaml")
+    started = tune.Tuner.can_restore(root, storage_filesystem=fs)
+    if not resume and started:
+        raise cfgmod.ConfigError(
+            f"an experiment named {cfg.name!r} already exists at {path}: add --resume to continue "
+            "it, or give the new search another --name (or --storage-path)"
+        )
+    now = cfgmod.to_dict(cfg)
+    if resume and storage.exists(fs, saved):
+        before = yaml.safe_load(storage.read_bytes(fs, saved)) or {}
+        old, new = (_flat({k: d.get(k) for k in FINGERPRINTED}) for d in (before, now))
+        diff = [f"{k}: experiment {old.get(k)!r}, now {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]  # fmt: skip
+        if diff and not force:
+            raise cfgmod.ConfigError(
+                f"the experiment at {path} was started with another search; its trials would mix "
+                "settings:\n  " + "\n  ".join(diff) + "\nresume with the experiment's own config "
+                f"({path}/config.yaml), or add --force to continue with these changes"
+            )
+        if diff:
+            log.warning(f"resuming {path} with changes (--force): {'; '.join(diff)}")
+        elif not force:
+            return
+    storage.write_atomic(fs, saved, cfgmod.dump(cfg).encode())
+
+
+def run(cfg: TuneConfig, resume: bool = False, force: bool = False) -> Path | str | None:
     """Start (or resume) the search on the Ray that is there (or a local one); returns best/."""
     from colorjob.cluster import connect
     from colorjob.data import read_metadata
@@ -357,6 +432,7 @@ def run(cfg: TuneConfig, resume: bool = False) -> Path | str | None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     cfg = prepare_data(cfg)
     storage.check(experiment_path(cfg), writable=True)  # a wrong bucket fails here, clearly
+    claim_experiment(cfg, resume, force)
     if storage.is_uri(cfg.train.data):
         storage.check(cfg.train.data)
         read_metadata(storage.local_copy(cfg.train.data))
@@ -390,13 +466,17 @@ def build_parser(prog: str = "python jobs/tune.py"):
     cli.flag(p, "--image-size", "train.image_size", type=int, help="training image size")
     p.add_argument(
         "--resume", action="store_true",
-        help="continue an interrupted experiment (same --storage-path/--name)",
+        help="continue an interrupted experiment (same --storage-path/--name, same search)",
+    )  # fmt: skip
+    p.add_argument(
+        "--force", action="store_true",
+        help="with --resume: continue even though the search differs from the experiment's",
     )  # fmt: skip
     return p
 
 
 def command(args) -> int:
-    best = run(cli.load(TuneConfig, args), resume=args.resume)
+    best = run(cli.load(TuneConfig, args), resume=args.resume, force=args.force)
     return 0 if best is not None else 1
 
 

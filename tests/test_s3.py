@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import pandas as pd
 import pytest
@@ -149,3 +150,29 @@ def test_wrong_bucket_and_missing_credentials_are_clear_errors(s3, trained, monk
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
     with pytest.raises(storage.StorageError, match="access denied"):
         storage.check(f"s3://{BUCKET}/out3", writable=True)
+
+
+def test_the_node_cache_follows_the_bucket_and_refuses_keys_that_leave_it(
+    s3, chars, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("COLORJOB_CACHE", str(tmp_path / "cache"))
+    uri = f"s3://{BUCKET}/data/cache-test"
+    storage.upload_dir(chars, uri)
+    local = storage.local_copy(uri)
+    assert (local / "metadata.csv").read_bytes() == (chars / "metadata.csv").read_bytes()
+    fs, root = storage.resolve(uri)
+    fewer = "\n".join((chars / "metadata.csv").read_text().splitlines()[:26]) + "\n"
+    time.sleep(1.1)  # S3 times are in seconds: the change must show in the listing
+    storage.write_atomic(fs, storage.join(root, "metadata.csv"), fewer.encode())
+    storage.write_atomic(fs, storage.join(root, "extra.txt"), b"new")
+    again = storage.local_copy(uri)
+    assert again == local and (again / "metadata.csv").read_text() == fewer  # refreshed
+    assert (again / "extra.txt").read_bytes() == b"new"
+    fs.delete_file(storage.join(root, "extra.txt"))
+    assert not (storage.local_copy(uri) / "extra.txt").exists()  # gone remotely, gone here
+    boto3 = pytest.importorskip("boto3")
+    client = boto3.client("s3", endpoint_url=s3, region_name="us-east-1")
+    client.put_object(Bucket=BUCKET, Key="data/evil/../../escape.txt", Body=b"x")
+    with pytest.raises(storage.StorageError, match="would leave its folder"):
+        storage.local_copy(f"s3://{BUCKET}/data/evil")
+    assert not (tmp_path / "cache" / "escape.txt").exists()

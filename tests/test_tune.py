@@ -150,3 +150,24 @@ def test_interrupt_and_resume_runs_only_what_was_left(tmp_path, chars):
     for name, text in finished.items():  # finished trials were not run again
         assert (exp / name / "result.json").read_text() == text
     assert "best generator:" in r.stdout.strip().splitlines()[-1]
+
+
+def test_resume_refuses_another_search_unless_forced(local_ray, tmp_path, chars):
+    spec = tiny(tmp_path, chars, num_samples=1, scheduler={"asha": False}, train={"epochs": 1})
+    run(cfgmod.from_dict(TuneConfig, spec))
+    exp = tmp_path / "results" / "tiny"
+    assert cfgmod.load(TuneConfig, exp / "config.yaml").num_samples == 1
+    with pytest.raises(cfgmod.ConfigError, match="already exists at .*add --resume"):
+        run(cfgmod.from_dict(TuneConfig, spec))  # a new search over a finished one: refused
+    changed = cfgmod.merge(spec, {"search": {"lr_g": {"loguniform": [1e-5, 1e-4]}}, "train": {"lambda_l1": 50}})  # fmt: skip
+    with pytest.raises(cfgmod.ConfigError) as e:
+        run(cfgmod.from_dict(TuneConfig, changed), resume=True)
+    msg = str(e.value)
+    assert (
+        "search.lr_g" in msg
+        and "train.lambda_l1: experiment 100.0, now 50" in msg
+        and "--force" in msg
+    )
+    best = run(cfgmod.from_dict(TuneConfig, changed), resume=True, force=True)
+    assert best == exp / "best"
+    assert cfgmod.load(TuneConfig, exp / "config.yaml").train.lambda_l1 == 50

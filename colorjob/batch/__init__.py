@@ -58,7 +58,9 @@ class BatchConfig:
     conditions: str = "configs/grid.csv"  # the grid: one row per variant
     model: str = str(DEFAULT_MODEL)  # exported generator folder or URI (default: the shipped one)
     output: str = "out"  # folder or URI for images, manifest and contact sheet
-    batch_size: int = 64  # images per generator call
+    batch_size: int = (
+        0  # images per generator call; 0 = auto: 8 on CPUs (faster there), 128 on GPUs
+    )
     format: Literal["png", "webp", "jpg"] = "png"
     overwrite: bool = False  # redo outputs that are already done
     fail_on_error: bool = False  # exit 1 when any input failed
@@ -78,8 +80,9 @@ class BatchConfig:
         for key in ("input", "conditions", "model", "output"):
             if not getattr(self, key).strip():
                 raise cfgmod.ConfigError(f"{key} must be a non-empty path or URI")
-        for key in ("batch_size", "max_pixels", "min_side", "threads_per_worker"):
+        for key in ("max_pixels", "min_side", "threads_per_worker"):
             r(key, getattr(self, key), 1)
+        r("batch_size", self.batch_size, 0)
         r("workers", self.workers, 0)
         r("actors", self.actors, 0)
         r("gpus_per_actor", self.gpus_per_actor, 0, 64, low_open=True)
@@ -237,7 +240,7 @@ def build_parser(prog: str = "python -m colorjob.batch"):
     cli.flag(p, "--conditions", "conditions", help="grid CSV: one row per colour variant")
     cli.flag(p, "--model", "model", help="exported generator folder (train's OUT/best, tune's best/); default: the shipped model")  # fmt: skip
     cli.flag(p, "--output", "output", help="folder (or URI) for the images, manifest and contact sheet")  # fmt: skip
-    cli.flag(p, "--batch-size", "batch_size", type=int, help="images per generator call (default 64)")  # fmt: skip
+    cli.flag(p, "--batch-size", "batch_size", type=int, help="images per generator call (default: 8 on CPUs, 128 on GPUs)")  # fmt: skip
     cli.flag(p, "--format", "format", choices=list(FORMATS), help="output image format (default png)")  # fmt: skip
     cli.flag(p, "--overwrite", "overwrite", action="store_true", default=None, help="redo outputs that are already done")  # fmt: skip
     cli.flag(p, "--fail-on-error", "fail_on_error", action="store_true", default=None, help="exit 1 if any input failed")  # fmt: skip

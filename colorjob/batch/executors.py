@@ -21,6 +21,7 @@ node never runs more decoders than fit in its memory.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from collections.abc import Callable
@@ -58,8 +59,22 @@ def blocks(jobs: list[dict], per_block: int) -> list[dict]:
     return out
 
 
-def sketches_per_block(batch_size: int, variants: int) -> int:
-    return max(1, batch_size // max(1, variants))
+BLOCK_IMAGES = 64  # images per block of work (and per provenance part)
+AUTO_BATCH = {
+    "cpu": 8,
+    "gpu": 128,
+}  # generator batch: small is faster on CPUs (docs/performance.md)
+
+
+def sketches_per_block(variants: int) -> int:
+    return max(1, BLOCK_IMAGES // max(1, variants))
+
+
+def with_batch_size(spec: Spec, gpu: bool) -> Spec:
+    """``spec`` with ``batch_size: 0`` (auto) resolved for the device that colours."""
+    if spec.batch_size:
+        return spec
+    return dataclasses.replace(spec, batch_size=AUTO_BATCH["gpu" if gpu else "cpu"])
 
 
 # ---- in this process ----------------------------------------------------------------------------
@@ -71,8 +86,8 @@ def run_local(
 
     workers = workers or cpu_count()
     cuda = torch.cuda.is_available()
-    fused = Fused(model, spec, threads=1 if workers > 1 and not cuda else 0)
-    work = blocks(jobs, sketches_per_block(spec.batch_size, len(spec.conditions)))
+    fused = Fused(model, with_batch_size(spec, cuda), threads=1 if workers > 1 and not cuda else 0)
+    work = blocks(jobs, sketches_per_block(len(spec.conditions)))
     with ThreadPoolExecutor(max(1, min(workers, len(work)))) as pool:
         for counts in pool.map(fused, work):
             progress(int(counts["ok"][0]), int(counts["failed"][0]))
@@ -111,12 +126,13 @@ def run_ray(
 
     connect()
     placement = choose_placement(cfg, ray.cluster_resources())
+    spec = with_batch_size(spec, placement.gpus > 0)
     model_ref = [ray.put(model)]  # nested: each actor fetches it, also after a restart
-    per_block = sketches_per_block(cfg.batch_size, len(spec.conditions))
+    per_block = sketches_per_block(len(spec.conditions))
     n_blocks = max(1, min(len(jobs), 10_000, -(-len(jobs) // per_block)))
     ds = ray.data.from_items(jobs, override_num_blocks=n_blocks)
     decode_memory = cfg.max_pixels * DECODE_BYTES_PER_PIXEL
-    model_memory = 4 * len(model[1]) + cfg.batch_size * spec.size**2 * 3 * 16
+    model_memory = 4 * len(model[1]) + spec.batch_size * spec.size**2 * 3 * 16
     work = {"model": model_ref, "spec": spec, "threads": placement.threads}
     if placement.kind == "fused":
         ds = ds.map_batches(
@@ -134,7 +150,7 @@ def run_ray(
             num_gpus=placement.gpus, num_cpus=placement.cpus, memory=model_memory,
         )  # fmt: skip
         ds = ds.map_batches(
-            encode_stage, fn_kwargs={"spec": spec}, batch_size=cfg.batch_size,
+            encode_stage, fn_kwargs={"spec": spec}, batch_size=spec.batch_size,
             batch_format="numpy", num_cpus=1, max_retries=-1,
         )  # fmt: skip
     for counts in ds.iter_batches(batch_size=None, batch_format="numpy"):

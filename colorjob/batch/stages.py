@@ -150,15 +150,22 @@ def _encode(pixels: np.ndarray, box, width: int, height: int, spec: Spec, values
     return buf.getvalue()
 
 
-def encode_and_write(spec: Spec, rows: dict) -> dict:
-    """Write one output per row and record them (a provenance part); returns status counts.
+def new_record() -> dict:
+    return {k: [] for k in ledger.SCHEMA.names}
+
+
+def encode_and_write(spec: Spec, rows: dict, rec: dict | None = None) -> dict:
+    """Write one output per row and record them; returns status counts.
 
     ``rows``: ``input``, ``output``, ``variant``, ``image`` (NHWC, ignored where ``error``),
-    ``box``, ``width``, ``height``, ``error``.
+    ``box``, ``width``, ``height``, ``error``. The records go to ``rec`` (to be written as one
+    part with others, after these files), or without one straight into a provenance part.
     """
     fs, root = storage.resolve(spec.output_root)
     n = len(rows["output"])
-    rec = {k: [] for k in ledger.SCHEMA.names}
+    own = rec is None
+    rec = new_record() if own else rec
+    first = len(rec["output"])
     for k in range(n):
         out, err = str(rows["output"][k]), str(rows["error"][k])
         v, w, h = int(rows["variant"][k]), int(rows["width"][k]), int(rows["height"][k])
@@ -180,8 +187,9 @@ def encode_and_write(spec: Spec, rows: dict) -> dict:
             ("mtime_ns", mtime), ("sha256", sha), ("done_at", time.time()),
         ):  # fmt: skip
             rec[key].append(value)
-    ledger.write_part(spec.output_root, spec.run_id, rec)
-    failed = sum(1 for s in rec["status"] if s == "failed")
+    if own:
+        ledger.write_part(spec.output_root, spec.run_id, rec)
+    failed = sum(1 for s in rec["status"][first:] if s == "failed")
     return {"ok": n - failed, "failed": failed}
 
 
@@ -233,19 +241,21 @@ class Fused:
         self.colorizer = Colorizer(model, spec, threads)
 
     def __call__(self, batch: dict) -> dict:
+        """One block: its files, then one provenance part recording them."""
         jobs = parse_jobs(batch)
         decoded = decode(self.spec, [p for p, _, _ in jobs])
         pairs, rows = cross(jobs, decoded)
-        counts = {"ok": 0, "failed": 0}
+        rec, counts = new_record(), {"ok": 0, "failed": 0}
         failed = [k for k, e in enumerate(rows["error"]) if e]
         if failed:  # undecodable sketches: their rows are recorded as failed, nothing is written
-            part = encode_and_write(self.spec, _slice_rows(rows, decoded, failed, None))
+            part = encode_and_write(self.spec, _slice_rows(rows, decoded, failed, None), rec)
             counts = {k: counts[k] + part[k] for k in counts}
         good = [k for k, e in enumerate(rows["error"]) if not e]
         for start, images in self.colorizer.chunks(decoded["sketch"], pairs):
             keep = good[start : start + len(images)]
-            part = encode_and_write(self.spec, _slice_rows(rows, decoded, keep, images))
+            part = encode_and_write(self.spec, _slice_rows(rows, decoded, keep, images), rec)
             counts = {k: counts[k] + part[k] for k in counts}
+        ledger.write_part(self.spec.output_root, self.spec.run_id, rec)
         return {"ok": np.array([counts["ok"]]), "failed": np.array([counts["failed"]])}
 
 
