@@ -58,8 +58,20 @@ def build_parser(prog: str = "python -m colorjob.quickstart"):
     return p  # fmt: skip
 
 
+PRODUCTS = ("data", "search", "new", "colored", "report.html", "report_files")
+
+
 def command(a) -> int:
     out = Path(a.out).absolute()
+    earlier = [name for name in PRODUCTS if (out / name).exists()]
+    if earlier:  # a quickstart's folder is its own: a second quickstart starts over, and says so
+        import shutil
+
+        for name in earlier:
+            shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
+        log.warning(
+            f"starting over in {out}: the earlier quickstart's {', '.join(earlier)} removed"
+        )
     out.mkdir(parents=True, exist_ok=True)
     size, ngf = (32, 8) if a.tiny else (64, 32)
     sketches, trials, epochs = (4, 2, 2) if a.tiny else (a.sketches, a.trials, a.epochs)
