@@ -130,11 +130,16 @@ class _Prefixed(logging.Formatter):
         return f"{record.levelname.lower()}: {super().format(record)}"
 
 
-def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
+def setup_logging(quiet: bool = False, verbose: bool = False) -> Callable[[], None]:
     """colorjob's loggers: progress to stdout, warnings and errors to stderr (``error: ...``).
 
     ``__main__`` is included: ``python -m colorjob.train`` runs that module under that name.
+    Returns a function that puts the loggers back as they were (for commands run in-process).
     """
+    saved = [
+        (lg, lg.handlers[:], lg.level, lg.propagate)
+        for lg in map(logging.getLogger, ("colorjob", "__main__"))
+    ]
     out = logging.StreamHandler(sys.stdout)
     out.addFilter(_Levels(logging.WARNING))
     out.setFormatter(logging.Formatter("%(message)s"))
@@ -147,13 +152,19 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
         logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
         logger.propagate = False
 
+    def restore() -> None:
+        for lg, handlers, level, propagate in saved:
+            lg.handlers[:], lg.level, lg.propagate = handlers, level, propagate
+
+    return restore
+
 
 def run(
     p: argparse.ArgumentParser, command: Callable[[argparse.Namespace], int | None], argv=None
 ) -> int:
     """Parse, set up logging, run ``command(args)``; a :class:`ColorjobError` exits 2."""
     args = p.parse_args(argv)
-    setup_logging(args.quiet, args.verbose)
+    restore = setup_logging(args.quiet, args.verbose)
     try:
         return int(command(args) or 0)
     except ColorjobError as e:
@@ -162,3 +173,5 @@ def run(
     except KeyboardInterrupt:
         logging.getLogger("colorjob").error("interrupted")
         return 130
+    finally:
+        restore()

@@ -89,7 +89,9 @@ def test_the_collision_sets_give_one_distinct_file_per_sketch_and_variant(tmp_pa
 def test_names_depend_only_on_the_sketchs_own_path(tmp_path, chars, model):
     sketch(tmp_path / "in" / "a.png", (32, 32), chars)
     grid = grid_file(tmp_path)
+    threads = torch.get_num_threads()
     first = run(cfg(tmp_path, model, grid))
+    assert torch.get_num_threads() == threads  # running in this process changes nothing global
     before = {p.name: p.stat().st_mtime_ns for p in outputs(tmp_path / "out")}
     sketch(tmp_path / "in" / "a.jpg", (32, 32), chars)  # a neighbour appears
     second = run(cfg(tmp_path, model, grid))

@@ -86,11 +86,15 @@ def run_local(
 
     workers = workers or cpu_count()
     cuda = torch.cuda.is_available()
-    fused = Fused(model, with_batch_size(spec, cuda), threads=1 if workers > 1 and not cuda else 0)
-    work = blocks(jobs, sketches_per_block(len(spec.conditions)))
-    with ThreadPoolExecutor(max(1, min(workers, len(work)))) as pool:
-        for counts in pool.map(fused, work):
-            progress(int(counts["ok"][0]), int(counts["failed"][0]))
+    threads = torch.get_num_threads()  # a process-wide setting: given back afterwards
+    try:
+        fused = Fused(model, with_batch_size(spec, cuda), threads=1 if workers > 1 and not cuda else 0)  # fmt: skip
+        work = blocks(jobs, sketches_per_block(len(spec.conditions)))
+        with ThreadPoolExecutor(max(1, min(workers, len(work)))) as pool:
+            for counts in pool.map(fused, work):
+                progress(int(counts["ok"][0]), int(counts["failed"][0]))
+    finally:
+        torch.set_num_threads(threads)
 
 
 # ---- on Ray -------------------------------------------------------------------------------------
