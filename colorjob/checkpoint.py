@@ -23,7 +23,7 @@ FORMAT = "colorjob.checkpoint"
 VERSION = 1
 LAST, BEST = "last.pt", "best.pt"
 # Config keys that shape the networks: a checkpoint only resumes under the same ones.
-ARCHITECTURE_KEYS = ("image_size", "ngf", "ndf", "d_layers")
+ARCHITECTURE_KEYS = ("image_size", "ngf", "ndf", "d_layers", "conditioning", "d_conditioning")
 
 
 class CheckpointError(ColorjobError, ValueError):
@@ -59,7 +59,7 @@ def load(path: str | Path) -> dict:
 
 def check_compatible(config: dict, state: dict) -> None:
     """Refuse to resume networks of another shape than the checkpoint's."""
-    old = state["config"]
+    old = {"conditioning": "concat", "d_conditioning": "concat"} | state["config"]  # before 0.2
     diff = [
         f"{k}: checkpoint {old.get(k)} vs now {config.get(k)}"
         for k in ARCHITECTURE_KEYS

@@ -112,6 +112,22 @@ class ConditionVocab:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ConditionVocab) and self.attributes == other.attributes
 
+    def differences(self, other: ConditionVocab) -> list[str]:
+        """What differs from ``other`` (attributes, their values and order), for error messages."""
+        out = []
+        if self.names != other.names:
+            out.append(f"attributes {self.names} vs {other.names}")
+        for a in self.attributes:
+            if a.name in other.names and a.values != other[a.name].values:
+                b = other[a.name].values
+                extra, missing = (
+                    [v for v in a.values if v not in b],
+                    [v for v in b if v not in a.values],
+                )
+                detail = ", ".join(x for x in (f"only here: {extra}" if extra else "", f"only there: {missing}" if missing else "") if x)  # fmt: skip
+                out.append(f"{a.name} values {list(a.values)} vs {list(b)}" + (f" ({detail})" if detail else " (another order)"))  # fmt: skip
+        return out
+
     def __repr__(self) -> str:
         parts = ", ".join(f"{a.name}[{'|'.join(a.values)}]" for a in self.attributes)
         return f"ConditionVocab({parts})"

@@ -309,7 +309,15 @@ class DeviceSet:
     def __len__(self) -> int:
         return self.targets.shape[0]
 
-    def batch(self, idx: torch.Tensor, flip: bool = False, channels_last: bool = False):
+    def batch(
+        self,
+        idx: torch.Tensor,
+        flip: bool = False,
+        channels_last: bool = False,
+        augment: float = 0.0,
+    ):
+        """A batch by index: random horizontal flips with ``flip``, and with ``augment`` > 0 the
+        style augmentations of :mod:`colorjob.augment`, each with that probability."""
         sketch = to_unit(self.sketches[self.sketch_index[idx]])
         target = to_unit(self.targets[idx])
         if flip:
@@ -318,6 +326,10 @@ class DeviceSet:
                 torch.where(f, sketch.flip(-1), sketch),
                 torch.where(f, target.flip(-1), target),
             )
+        if augment > 0:
+            from colorjob.augment import style
+
+            sketch, target = style(sketch, target, augment)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         return (
             sketch.contiguous(memory_format=fmt),

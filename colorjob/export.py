@@ -26,7 +26,8 @@ from safetensors.torch import save
 from colorjob import storage
 from colorjob.conditions import ConditionVocab
 from colorjob.errors import ColorjobError
-from colorjob.models import Generator, num_downs_for
+from colorjob.models import CONDITIONINGS, Generator, num_downs_for
+from colorjob.models import build_generator as build_network
 
 FORMAT = "colorjob.generator"
 FORMAT_VERSION = 1
@@ -70,6 +71,7 @@ def export_generator(
         "in_channels": generator.in_channels,
         "out_channels": generator.out_channels,
         "ngf": generator.ngf,
+        "conditioning": generator.conditioning,
         "dtype": str(dtype).removeprefix("torch."),
         "conditions": vocab.to_dict(),
         "metrics": metrics or {},
@@ -144,18 +146,26 @@ def check_meta(meta: object, where: str) -> ConditionVocab:
         vocab = ConditionVocab.from_dict(_need(meta, "conditions", dict, where))
     except (ColorjobError, KeyError, TypeError, ValueError) as e:
         raise ModelError(f"{where}: conditions are not a valid vocabulary ({e})") from None
-    expected = 3 + vocab.num_channels
+    conditioning = meta.setdefault("conditioning", "concat")  # models before 0.2 are all concat
+    if conditioning not in CONDITIONINGS:
+        raise ModelError(f"{where}: conditioning must be one of {', '.join(CONDITIONINGS)}, got {conditioning!r}")  # fmt: skip
+    expected = 3 + vocab.num_channels if conditioning == "concat" else 3
     if meta["in_channels"] != expected:
         raise ModelError(
             f"{where}: in_channels {meta['in_channels']} does not fit its vocabulary "
-            f"({vocab.num_channels} condition planes + 3 = {expected})"
+            f"({'3 + ' + str(vocab.num_channels) + ' condition planes' if conditioning == 'concat' else 'the sketch only, with film'} = {expected})"
         )
     return vocab
 
 
+def _network(meta: dict) -> Generator:
+    n_conditions = ConditionVocab.from_dict(meta["conditions"]).num_channels
+    return build_network(meta.get("conditioning", "concat"), n_conditions, meta["image_size"], meta["ngf"])  # fmt: skip
+
+
 def _expected_shapes(meta: dict) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
-        g = Generator(meta["in_channels"], meta["out_channels"], meta["image_size"], meta["ngf"])
+        g = _network(meta)
     return {k: tuple(v.shape) for k, v in g.state_dict().items()}
 
 
@@ -273,7 +283,7 @@ def build_generator(
         raise ModelError(
             f"condition vocabulary mismatch: the model knows {model_vocab}, asked for {vocab}"
         )
-    g = Generator(meta["in_channels"], meta["out_channels"], meta["image_size"], meta["ngf"])
+    g = _network(meta)
     state = safetensors_load(weights)
     try:
         g.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 #: The colour letterboxed sketches are padded with (sketches are black lines on white paper).
@@ -116,14 +115,20 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 def dilate(mask: torch.Tensor | np.ndarray, width: int) -> torch.Tensor | np.ndarray:
     """Square max filter of ``width`` pixels over a ``(H, W)`` bool mask (nothing wraps around).
 
-    Returns the type it was given (numpy in, numpy out).
+    Returns the type it was given. Plain numpy inside: the synthetic data's worker processes
+    use it, and torch is not safe to use in a process forked from one that started its threads.
     """
-    as_numpy = isinstance(mask, np.ndarray)
-    m = torch.from_numpy(mask) if as_numpy else mask
+    as_tensor = isinstance(mask, torch.Tensor)
+    m = mask.cpu().numpy() if as_tensor else mask
     lo, hi = (width - 1) // 2, width // 2
-    x = F.pad(m.float()[None, None], (lo, hi, lo, hi))
-    out = F.max_pool2d(x, width, 1)[0, 0] > 0
-    return out.numpy() if as_numpy else out
+    for axis in (0, 1):
+        n = m.shape[axis]
+        p = np.pad(m, [(lo, hi) if a == axis else (0, 0) for a in (0, 1)])
+        out = np.zeros_like(m)
+        for s in range(width):
+            out |= p[s : s + n, :] if axis == 0 else p[:, s : s + n]
+        m = out
+    return torch.from_numpy(m).to(mask.device) if as_tensor else m
 
 
 def erode(mask: torch.Tensor, pixels: int = 1) -> torch.Tensor:

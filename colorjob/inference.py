@@ -10,7 +10,9 @@ the score a search selects on is computed from exactly the pixels the shipped im
 - channels_last on CUDA, inference mode, eval mode (restored afterwards), and chunking.
 
 A sketch is stored once and shared by all its variants: pass ``sketch_index`` to cross ``N``
-sketches with ``M`` (sketch, condition) pairs. Torch only: no Ray, no files.
+sketches with ``M`` (sketch, condition) pairs. When the conditions enter only the decoder
+(``conditioning: film``), each sketch's encoder features are computed once and reused by all its
+variants that follow each other. Torch only: no Ray, no files.
 """
 
 from __future__ import annotations

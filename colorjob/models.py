@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 MIN_IMAGE_SIZE = 32
@@ -63,33 +64,74 @@ class Down(nn.Module):
         return self.block(x)
 
 
-class Up(nn.Module):
-    """ReLU -> ConvTranspose4x4/2 -> BatchNorm [-> Dropout(0.5)]; outermost: -> Tanh instead."""
+class FiLM(nn.Module):
+    """Condition-dependent scale and shift of normalised features: ``x * (1 + g(c)) + b(c)``.
 
-    def __init__(self, cin: int, cout: int, outermost: bool = False, dropout: float = 0.0):
+    ``g`` and ``b`` are one linear map of the ``(B, C)`` condition vector (one embedding per
+    condition value, summed over attributes: CLADE's class-wise modulation), zero at start.
+    """
+
+    def __init__(self, n_conditions: int, channels: int):
+        super().__init__()
+        self.to_scale_shift = nn.Linear(n_conditions, 2 * channels)
+        nn.init.zeros_(self.to_scale_shift.weight)
+        nn.init.zeros_(self.to_scale_shift.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.to_scale_shift(cond.to(self.to_scale_shift.weight.dtype)).chunk(2, 1)
+        return x * (1 + scale[:, :, None, None].to(x.dtype)) + shift[:, :, None, None].to(x.dtype)
+
+
+class Up(nn.Module):
+    """ReLU -> ConvTranspose4x4/2 -> BatchNorm [-> FiLM] [-> Dropout(0.5)]; outermost: -> Tanh.
+
+    With ``n_conditions`` the BatchNorm has no affine parameters of its own: the condition's
+    FiLM scale and shift take their place.
+    """
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        outermost: bool = False,
+        dropout: float = 0.0,
+        n_conditions: int = 0,
+    ):
         super().__init__()
         layers: list[nn.Module] = [
             nn.ReLU(True),
             nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=outermost),
         ]
+        self.film = None
         if outermost:
             layers.append(nn.Tanh())
         else:
-            layers.append(nn.BatchNorm2d(cout))
+            layers.append(nn.BatchNorm2d(cout, affine=not n_conditions))
+            if n_conditions:
+                self.film = FiLM(n_conditions, cout)
             if dropout:
                 layers.append(nn.Dropout(dropout))
         self.block = nn.Sequential(*layers)
 
-    def forward(self, x):
-        return self.block(x)
+    def forward(self, x, cond=None):
+        if self.film is None:
+            return self.block(x)
+        for layer in self.block:
+            x = layer(x)
+            if isinstance(layer, nn.BatchNorm2d):
+                x = self.film(x, cond)
+        return x
 
 
 class Generator(nn.Module):
     """U-Net: ``(B, in_channels, S, S)`` -> ``(B, out_channels, S, S)`` in [-1, 1].
 
     ``forward(sketch, cond)`` appends the ``(B, C)`` condition vector as constant planes (the
-    seed's conditioning); ``forward(x)`` takes input that already has them.
+    seed's conditioning); ``forward(x)`` takes input that already has them. ``encode`` and
+    ``decode`` are the two halves (the encoder's features are the decoder's skip connections).
     """
+
+    conditioning = "concat"
 
     def __init__(
         self,
@@ -98,6 +140,7 @@ class Generator(nn.Module):
         image_size: int = 256,
         ngf: int = 64,
         dropout: float = 0.5,
+        _film: int = 0,
     ):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
@@ -115,21 +158,70 @@ class Generator(nn.Module):
                 ups.append(Up(cin, out_channels, outermost=True))
             else:
                 middle = 4 <= i <= n - 2  # pix2pix's ngf*8 -> ngf*8 blocks carry dropout
-                ups.append(Up(cin, ch[i - 1], dropout=dropout if middle else 0.0))
+                ups.append(
+                    Up(cin, ch[i - 1], dropout=dropout if middle else 0.0, n_conditions=_film)
+                )
         self.ups = nn.ModuleList(ups)
         init_weights(self)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        if cond is not None:
+    def encode(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The encoder's features, outermost first, the bottleneck last."""
+        if cond is not None and self.conditioning == "concat":
             x = condition_planes(x, cond)
-        skips = []
+        features = []
         for down in self.downs:
             x = down(x)
-            skips.append(x)
-        skips.pop()  # the bottleneck is the decoder's input, not a skip
+            features.append(x)
+        return features
+
+    def decode(
+        self, features: list[torch.Tensor], cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        skips = list(features)
+        x = skips.pop()  # the bottleneck is the decoder's input, not a skip
         for up in self.ups[:-1]:
-            x = torch.cat([up(x), skips.pop()], dim=1)
+            x = torch.cat([up(x, cond), skips.pop()], dim=1)
         return self.ups[-1](x)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decode(self.encode(x, cond), cond)
+
+
+class FiLMGenerator(Generator):
+    """The condition-aware U-Net: the encoder sees only the sketch; the condition modulates the
+    normalisation of every decoder block (FiLM / CLADE: per-condition scale and shift, about 1 %
+    more parameters). "Which colour" no longer has to travel through the whole encoder, and a
+    sketch's encoder features serve all its variants (``colorjob.inference`` encodes once)."""
+
+    conditioning = "film"
+
+    def __init__(
+        self,
+        n_conditions: int = 10,
+        out_channels: int = 3,
+        image_size: int = 256,
+        ngf: int = 64,
+        dropout: float = 0.5,
+    ):
+        super().__init__(3, out_channels, image_size, ngf, dropout, _film=n_conditions)
+        self.n_conditions = n_conditions
+
+
+CONDITIONINGS = ("concat", "film")
+D_CONDITIONINGS = ("concat", "projection")
+
+
+def build_generator(
+    conditioning: str, n_conditions: int, image_size: int, ngf: int, dropout: float = 0.5
+) -> Generator:
+    """The seed's generator (``concat``: condition planes at the input) or the FiLM one."""
+    if conditioning == "concat":
+        return Generator(3 + n_conditions, 3, image_size, ngf, dropout)
+    if conditioning == "film":
+        return FiLMGenerator(n_conditions, 3, image_size, ngf, dropout)
+    raise ValueError(
+        f"conditioning must be one of {', '.join(CONDITIONINGS)}, got {conditioning!r}"
+    )
 
 
 class Discriminator(nn.Module):
@@ -159,6 +251,38 @@ class Discriminator(nn.Module):
         return self.model(x if cond is None else condition_planes(x, cond))
 
 
+class ProjectionDiscriminator(Discriminator):
+    """PatchGAN on (image, sketch) with the condition entering by projection (Miyato & Koyama
+    2018): each patch's logit plus the inner product of its last features with the condition's
+    embedding. ``forward(image_and_sketch, cond)``."""
+
+    conditioning = "projection"
+
+    def __init__(self, n_conditions: int = 10, ndf: int = 64, n_layers: int = 3):
+        super().__init__(6, ndf, n_layers)
+        self.embed = nn.Linear(n_conditions, ndf * min(2**n_layers, 8), bias=False)
+        nn.init.normal_(self.embed.weight, 0.0, 0.02)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.model[:-1](x)
+        logits = self.model[-1](h)  # a 4x4 convolution: one pixel smaller than h
+        proj = (h * self.embed(cond.to(h.dtype))[:, :, None, None]).sum(1, keepdim=True)
+        return logits + F.avg_pool2d(proj, 2, 1)
+
+
+def build_discriminator(
+    conditioning: str, n_conditions: int, ndf: int, n_layers: int
+) -> Discriminator:
+    """The seed's PatchGAN (``concat``) or the projection one."""
+    if conditioning == "concat":
+        return Discriminator(6 + n_conditions, ndf, n_layers)
+    if conditioning == "projection":
+        return ProjectionDiscriminator(n_conditions, ndf, n_layers)
+    raise ValueError(
+        f"d_conditioning must be one of {', '.join(D_CONDITIONINGS)}, got {conditioning!r}"
+    )
+
+
 def init_weights(net: nn.Module, gain: float = 0.02) -> None:
     """pix2pix 'normal' init: conv weights N(0, gain), BatchNorm weights N(1, gain), biases 0.
 
@@ -172,7 +296,7 @@ def init_weights(net: nn.Module, gain: float = 0.02) -> None:
             nn.init.normal_(m.weight, 0.0, gain)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
+        elif isinstance(m, nn.BatchNorm2d) and m.affine:
             nn.init.normal_(m.weight, 1.0, gain)
             nn.init.zeros_(m.bias)
 

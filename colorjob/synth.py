@@ -222,6 +222,32 @@ class _Canvas:
         return out
 
 
+# ---- drawing families ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Family:
+    """How a character is drawn, not what it shows: proportions, line weight, amount of detail.
+
+    A model trained on some families and validated on another measures how well it colours a
+    drawing style it has never seen (users' sketches are not drawn by this module).
+    """
+
+    head: float = 1.0  # head size
+    shoulders: float = 1.0  # shoulder width
+    pen: float = 1.0  # line width
+    patterns: bool = True  # False: plain shirts only
+    face: str = "normal"  # "simple": dot eyes, no brows or nose; "busy": glasses, freckles, strands
+
+
+FAMILIES = {
+    "classic": Family(),
+    "chibi": Family(head=1.3, shoulders=0.75),
+    "bold": Family(pen=1.9),
+    "fine": Family(pen=0.55),
+    "minimal": Family(patterns=False, face="simple"),
+    "busy": Family(face="busy"),
+}
+
+
 # ---- the character -------------------------------------------------------------------------
 @dataclass
 class Figure:
@@ -239,27 +265,38 @@ class Figure:
     hairline: float = 0.0
     top: float = 0.0  # top of the hair
     ey: float = 0.0  # eye line
+    family: Family = Family()
 
 
-def draw_character(size: int, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+def draw_character(
+    size: int, rng: np.random.Generator, family: str = "classic"
+) -> tuple[np.ndarray, dict]:
     """Draw one random character; returns its final label map (supersampled) and its traits.
 
     Parts are painted back to front: hair behind the head, torso, shirt pattern, neckline, head,
     hair in front, face. Every random draw happens in this order, so ``(seed, i)`` fixes a
-    character.
+    character; ``family`` (see :data:`FAMILIES`) changes how it is drawn.
     """
+    fam = FAMILIES[family]
     u = rng.uniform
-    c = _Canvas(size, max(1.0, 0.0085 * size) * SUPERSAMPLE)
+    c = _Canvas(size, max(1.0, 0.0085 * size * fam.pen) * SUPERSAMPLE)
     t = {
         "hair_style": HAIR_STYLES[rng.integers(len(HAIR_STYLES))],
         "fringe": FRINGES[rng.integers(len(FRINGES))],
         "cut": SHIRT_CUTS[rng.integers(len(SHIRT_CUTS))],
         "pattern": PATTERNS[rng.integers(len(PATTERNS))],
         "glasses": bool(u() < 0.2),
+        "family": family,
     }
-    cx, rx = 0.5 + u(-0.03, 0.03), u(0.15, 0.185)
+    if not fam.patterns:
+        t["pattern"] = "plain"
+    if fam.face != "normal":
+        t["glasses"] = fam.face == "busy"
+    cx, rx = 0.5 + u(-0.03, 0.03), u(0.15, 0.185) * fam.head
     ry, cy = rx * u(1.08, 1.25), u(0.36, 0.4)
-    f = Figure(cx, cy, rx, ry, chin=cy + ry, shoulder_y=min(0.8, cy + ry + u(0.09, 0.14)))
+    f = Figure(
+        cx, cy, rx, ry, chin=cy + ry, shoulder_y=min(0.8, cy + ry + u(0.09, 0.14)), family=fam
+    )
     _back_hair(c, f, t["hair_style"], rng)
     _torso(c, f, t["cut"], rng)
     _pattern(c, f, t, rng, size)
@@ -298,8 +335,8 @@ def _back_hair(c: _Canvas, f: Figure, style: str, rng: np.random.Generator) -> N
 def _torso(c: _Canvas, f: Figure, cut: str, rng: np.random.Generator) -> None:
     """Neck, shoulders and the shirt's body (sleeve seams; a tank top's straps)."""
     u, cx, sy = rng.uniform, f.cx, f.shoulder_y
-    f.sw = f.rx * u(2.3, 2.9)
-    f.neck_w = nw = f.rx * u(0.36, 0.46)
+    f.sw = f.rx * u(2.3, 2.9) * f.family.shoulders / f.family.head
+    f.neck_w = nw = f.rx * u(0.36, 0.46) / f.family.head
     c.rect(L.SKIN2, cx - nw, f.cy + f.ry * 0.5, cx + nw, sy + 0.05)
     if cut == "hoodie":
         c.ellipse(L.SHIRT2, cx, sy - 0.01, nw * 2.6, 0.07)
@@ -468,7 +505,7 @@ def _hair_details(c: _Canvas, f: Figure, style: str, rng: np.random.Generator) -
             x = cx - rx * 0.9 + 1.8 * rx * k / 6
             c.ellipse(L.HAIR, x, hairline - 0.005, rx * 0.2, rx * 0.17, only=(L.FACE, L.HAIR, L.BG, L.HAIR2))  # fmt: skip
     if style in ("short", "long", "bob", "bun", "ponytail", "pigtails"):  # a few strands
-        for _ in range(2):
+        for _ in range(2 if f.family.face != "busy" else 5):
             x = cx + u(-0.6, 0.6) * rx
             c.arc(x, hairline, rx * 0.35, (hairline - top) * 0.8, 200, 300, 0.6, only=(L.HAIR,))
     if style == "pigtails":  # hair ties
@@ -482,6 +519,8 @@ def _eyes(c: _Canvas, f: Figure, t: dict, rng: np.random.Generator) -> None:
     f.ey = ey = f.cy + f.ry * u(0.02, 0.16)
     ex = rx * u(0.36, 0.48)
     eye = t["eyes"] = ("dot", "oval", "big", "closed")[rng.integers(4)]
+    if f.family.face == "simple":
+        eye = t["eyes"] = "dot"
     for side in (-1, 1):
         x = cx + side * ex
         if eye == "dot":
@@ -495,6 +534,8 @@ def _eyes(c: _Canvas, f: Figure, t: dict, rng: np.random.Generator) -> None:
             c.ellipse(L.EYE, x + rx * 0.04, ey - rx * 0.02, rx * 0.035, rx * 0.035, only=(L.PUPIL,))  # fmt: skip
         else:
             c.arc(x, ey + rx * 0.04, rx * 0.13, rx * 0.09, 200, 340, 1.0, only=(L.FACE,))
+        if f.family.face == "simple":
+            continue  # no brows
         by = ey - rx * u(0.24, 0.32)  # the brow
         tilt = u(-0.04, 0.04) * rx * side
         c.line([(x - rx * 0.15, by + tilt), (x + rx * 0.15, by - tilt)], u(0.9, 1.6), only=(L.FACE, L.HAIR))  # fmt: skip
@@ -516,12 +557,16 @@ def _nose_and_mouth(c: _Canvas, f: Figure, t: dict, rng: np.random.Generator) ->
     """A nose (line, arc or dot) and a mouth (smile, flat, open, o)."""
     u, cx, rx, ey, chin = rng.uniform, f.cx, f.rx, f.ey, f.chin
     ny = ey + (chin - ey) * u(0.3, 0.42)
-    nose = rng.integers(3)
+    nose = rng.integers(3) if f.family.face != "simple" else -1
+    if f.family.face == "busy":  # freckles on both cheeks
+        for side in (-1, 1):
+            for k in range(3):
+                c.ellipse(L.PUPIL, cx + side * rx * (0.45 + 0.1 * k), ny - rx * 0.05 * (k % 2), rx * 0.02, rx * 0.02, only=(L.FACE,))  # fmt: skip
     if nose == 0:
         c.line([(cx, ny - rx * 0.1), (cx - rx * 0.05, ny), (cx + rx * 0.02, ny + rx * 0.02)], 0.7, only=(L.FACE,))  # fmt: skip
     elif nose == 1:
         c.arc(cx, ny, rx * 0.07, rx * 0.05, 20, 160, 0.7, only=(L.FACE,))
-    else:
+    elif nose == 2:
         c.ellipse(L.PUPIL, cx, ny, rx * 0.025, rx * 0.02, only=(L.FACE,))
     my = ey + (chin - ey) * u(0.62, 0.72)
     mw = rx * u(0.18, 0.32)
@@ -568,10 +613,17 @@ def sketch_table() -> np.ndarray:
     return table
 
 
-def _make_one(args: tuple[Path, int, int, int]) -> list[dict]:
-    out, seed, index, size = args
+def family_of(seed: int, index: int, families: tuple[str, ...]) -> str:
+    """Character ``index``'s family: its own random stream, so its drawing stays the same."""
+    if len(families) == 1:
+        return families[0]
+    return families[int(np.random.default_rng([seed, index, 7]).integers(len(families)))]
+
+
+def _make_one(args: tuple[Path, int, int, int, tuple[str, ...]]) -> list[dict]:
+    out, seed, index, size, families = args
     rng = np.random.default_rng([seed, index])
-    labels, traits = draw_character(size, rng)
+    labels, traits = draw_character(size, rng, family_of(seed, index, families))
     cov = coverage(labels, size)
     stem = f"char_{index:04d}"
     render(cov, sketch_table()).save(out / "sketches" / f"{stem}.png", optimize=False)
@@ -608,16 +660,29 @@ def contact_sheet(
 
 
 def generate(
-    out: str | Path, sketches: int, seed: int = 0, size: int = 256, workers: int = 0
+    out: str | Path,
+    sketches: int,
+    seed: int = 0,
+    size: int = 256,
+    workers: int = 0,
+    families: tuple[str, ...] = ("classic",),
 ) -> Path:
-    """Write a synthetic dataset of ``sketches`` characters x 25 colourings to ``out``."""
+    """Write a synthetic dataset of ``sketches`` characters x 25 colourings to ``out``.
+
+    ``families``: the drawing families (:data:`FAMILIES`) characters are drawn in, one chosen
+    per character; with more than the classic one, ``families.csv`` says which (input, family).
+    """
     if sketches < 1:
         raise ValueError("--sketches must be at least 1")
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown or not families:
+        raise ValueError(f"unknown drawing family {', '.join(unknown) or '(none given)'}; known: {', '.join(FAMILIES)}")  # fmt: skip
+    families = tuple(families)
     num_downs_for(size)  # the networks' rule: a power of two >= 32
     out = Path(out)
     for sub in ("sketches", "colored", "masks"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    jobs = [(out, seed, i, size) for i in range(sketches)]
+    jobs = [(out, seed, i, size, families) for i in range(sketches)]
     workers = workers or min(8, sketches, len(os.sched_getaffinity(0)))
     if workers > 1 and sketches > 2:
         with ProcessPoolExecutor(workers) as pool:
@@ -628,6 +693,11 @@ def generate(
         [r for rs in results for r in rs], columns=["input", "output", "hair", "shirt"]
     )
     rows.to_csv(out / "metadata.csv", index=False)
+    if families != ("classic",):
+        pd.DataFrame(
+            [(f"sketches/char_{i:04d}.png", family_of(seed, i, families)) for i in range(sketches)],
+            columns=["input", "family"],
+        ).to_csv(out / "families.csv", index=False)
     vocabulary().save(out / "conditions.json")
     contact_sheet(out, rows).save(out / "contact_sheet.png")
     return out
@@ -662,6 +732,12 @@ def build_parser(prog: str = "python -m colorjob.synth"):
         default=0,
         help="processes to draw with (default: one per CPU, up to 8)",
     )
+    p.add_argument(
+        "--families",
+        default="classic",
+        help="drawing families, comma-separated, one chosen per character "
+        f"({', '.join(FAMILIES)}; default classic)",
+    )
     return p  # fmt: skip
 
 
@@ -671,7 +747,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     def command(a) -> int:
         t0 = time.perf_counter()
         try:
-            out = generate(a.out, a.sketches, seed=a.seed, size=a.size, workers=a.workers)
+            families = tuple(f.strip() for f in a.families.split(",") if f.strip())
+            out = generate(a.out, a.sketches, seed=a.seed, size=a.size, workers=a.workers, families=families)  # fmt: skip
         except ValueError as e:
             p.error(f"--size/--sketches: {e}")
         n = a.sketches * len(HAIR_COLORS) * len(SHIRT_COLORS)

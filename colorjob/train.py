@@ -44,11 +44,24 @@ from colorjob import checkpoint, cli, storage
 from colorjob import config as cfgmod
 from colorjob.checkpoint import load as load_checkpoint
 from colorjob.conditions import ConditionVocab
-from colorjob.data import DatasetError, DeviceSet, EpochSampler, epoch_seed, load_splits
+from colorjob.data import (
+    DatasetError,
+    DeviceSet,
+    EpochSampler,
+    PairDataset,
+    epoch_seed,
+    load_splits,
+)
 from colorjob.errors import ColorjobError
 from colorjob.evaluate import region_masks, sample_grid, save_samples, validate
 from colorjob.export import ModelError, export_generator
-from colorjob.models import Discriminator, GANLoss, Generator, num_downs_for, set_requires_grad
+from colorjob.models import (
+    GANLoss,
+    build_discriminator,
+    build_generator,
+    num_downs_for,
+    set_requires_grad,
+)
 from colorjob.plots import plot_curves
 
 __all__ = [
@@ -64,7 +77,7 @@ log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = [
     "epoch", "g_adv", "g_l1", "d_real", "d_fake", "val_l1", "val_psnr", "val_fidelity",
-    "lr_g", "lr_d", "samples_per_s", "seconds",
+    "holdout_l1", "holdout_fidelity", "lr_g", "lr_d", "samples_per_s", "seconds",
 ]  # fmt: skip
 LOSS_NAMES = ["g_adv", "g_l1", "d_real", "d_fake", "g_total"]
 
@@ -81,6 +94,12 @@ class TrainConfig:
     ndf: int = 64  # discriminator base width
     d_layers: int = 3  # PatchGAN layers (3 = 70x70 receptive field)
     dropout: float = 0.5  # in the generator's middle decoder blocks
+    conditioning: Literal["concat", "film"] = (
+        "concat"  # planes at G's input (seed), or FiLM-modulated decoder
+    )
+    d_conditioning: Literal["concat", "projection"] = (
+        "concat"  # planes at D's input (seed), or projection
+    )
     # objective
     gan_mode: Literal["vanilla", "lsgan"] = "vanilla"
     lambda_adv: float = 1.0
@@ -97,6 +116,9 @@ class TrainConfig:
     val_fraction: float = 0.2
     split: Literal["sketch", "pair"] = "sketch"  # hold out whole characters, or random pairs
     flip: bool = True  # random horizontal flips of (sketch, target) while training
+    augment: float = 0.0  # > 0: style augmentations (colorjob.augment), each with this probability
+    holdout_data: str | None = None  # a dataset of another drawing style, scored every epoch
+    init_from: str | None = None  # start G (and D, from a checkpoint) from an exported model
     seed: int = 0
     # machinery
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
@@ -128,6 +150,7 @@ class TrainConfig:
         r("beta1", self.beta1, 0, 1, high_open=True)
         r("beta2", self.beta2, 0, 1, high_open=True)
         r("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)
+        r("augment", self.augment, 0, 1)
         r("lr_decay_start", self.lr_decay_start, 0, self.epochs, high_open=True)
 
 
@@ -180,10 +203,17 @@ def lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
 
 
 # ---- networks and one optimisation step ----------------------------------------------------------
-def build_networks(cfg: TrainConfig, n_conditions: int, cuda: bool):
-    """Generator, discriminator and their Adam optimisers for ``n_conditions`` condition planes."""
-    G = Generator(3 + n_conditions, 3, cfg.image_size, cfg.ngf, cfg.dropout)
-    D = Discriminator(6 + n_conditions, cfg.ndf, cfg.d_layers)
+def build_networks(cfg: TrainConfig, n_conditions: int, cuda: bool, init: tuple | None = None):
+    """Generator, discriminator and their Adam optimisers for ``n_conditions`` condition values.
+
+    ``init``: ``(generator state, discriminator state or None)`` to start from (``--init-from``).
+    """
+    G = build_generator(cfg.conditioning, n_conditions, cfg.image_size, cfg.ngf, cfg.dropout)
+    D = build_discriminator(cfg.d_conditioning, n_conditions, cfg.ndf, cfg.d_layers)
+    if init is not None:
+        G.load_state_dict(init[0])
+        if init[1] is not None:
+            D.load_state_dict(init[1])
     if cuda and cfg.channels_last:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     adam = {"betas": (cfg.beta1, cfg.beta2)} | ({"fused": True} if cuda else {})
@@ -243,6 +273,8 @@ class Run:
     sampler: EpochSampler
     step: Callable
     start: int = 1
+    holdout_set: DeviceSet | None = None
+    holdout_masks: list | None = None
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"val_l1": math.inf, "epoch": 0})
 
@@ -253,6 +285,52 @@ class Run:
     @property
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
+
+
+def load_data(cfg: TrainConfig):
+    """The train and validation splits, and the held-out-style dataset (all of it) if asked."""
+    data_dir = storage.local_copy(cfg.data)  # a URI (s3://...) is fetched once per node
+    train_ds, val_ds = load_splits(data_dir, cfg.image_size, cfg.val_fraction, cfg.seed, cfg.split)
+    if val_ds is None:
+        raise DatasetError(
+            f"{cfg.data}: no validation split (val_fraction={cfg.val_fraction}, "
+            f"{train_ds.metadata['input'].nunique()} sketch(es)); use val_fraction > 0 and at least "
+            "2 sketches, or split=pair"
+        )
+    holdout = None
+    if cfg.holdout_data:
+        holdout = PairDataset(storage.local_copy(cfg.holdout_data), cfg.image_size, train_ds.vocab)
+    return train_ds, val_ds, holdout
+
+
+def initial_weights(source: str, cfg: TrainConfig, vocab: ConditionVocab) -> tuple:
+    """``(generator state, discriminator state or None)`` to start a run from (``--init-from``):
+    an exported model folder (G), or a training checkpoint / run folder (G and D). Its conditions
+    and the networks' shapes must be this run's; the error says what differs."""
+    src = Path(source)
+    if (src / "model.json").is_file() or storage.is_uri(source):
+        from colorjob.export import build_generator as rebuild
+        from colorjob.export import read_model
+
+        meta, weights = read_model(source)
+        theirs, arch = ConditionVocab.from_dict(meta["conditions"]), {k: meta.get(k) for k in ("image_size", "ngf", "conditioning")}  # fmt: skip
+        g_state, d_state = rebuild(meta, weights)[0].state_dict(), None
+    else:
+        state = checkpoint.load(src / "checkpoints" if (src / "checkpoints").is_dir() else src)
+        theirs, arch = ConditionVocab.from_dict(state["conditions"]), dict(state["config"])
+        g_state, d_state = state["generator"], state["discriminator"]
+    if theirs != vocab:
+        raise ModelError(
+            f"--init-from {source}: it was trained on other conditions than {cfg.data} has: "
+            + "; ".join(theirs.differences(vocab))
+        )
+    keys = ("image_size", "ngf", "conditioning") + (("ndf", "d_layers", "d_conditioning") if d_state is not None else ())  # fmt: skip
+    diff = [f"{k} {arch.get(k, 'concat' if 'conditioning' in k else None)!r} vs {getattr(cfg, k)!r}" for k in keys if arch.get(k, "concat" if "conditioning" in k else None) != getattr(cfg, k)]  # fmt: skip
+    if diff:
+        raise ModelError(
+            f"--init-from {source}: its networks differ from this run's ({'; '.join(diff)})"
+        )
+    return g_state, d_state
 
 
 def setup(cfg: TrainConfig, resume: bool | str | Path = False, overwrite: bool = False) -> Run:
@@ -269,22 +347,16 @@ def setup(cfg: TrainConfig, resume: bool | str | Path = False, overwrite: bool =
     else:
         claim_out(cfg, overwrite, accelerator)
     set_seed(cfg.seed)
-    data_dir = storage.local_copy(cfg.data)  # a URI (s3://...) is fetched once per node
-    train_ds, val_ds = load_splits(data_dir, cfg.image_size, cfg.val_fraction, cfg.seed, cfg.split)
-    if val_ds is None:
-        raise DatasetError(
-            f"{cfg.data}: no validation split (val_fraction={cfg.val_fraction}, "
-            f"{train_ds.metadata['input'].nunique()} sketch(es)); use val_fraction > 0 and at least "
-            "2 sketches, or split=pair"
-        )
+    train_ds, val_ds, holdout_ds = load_data(cfg)
     vocab = train_ds.vocab
     if state is not None and ConditionVocab.from_dict(state["conditions"]) != vocab:
         raise ModelError(
             f"the checkpoint was trained on conditions {ConditionVocab.from_dict(state['conditions'])} "
             f"but {cfg.data} has {vocab}"
         )
+    init = initial_weights(cfg.init_from, cfg, vocab) if cfg.init_from and state is None else None
     cuda = accelerator.device.type == "cuda"
-    G, D, opt_g, opt_d = build_networks(cfg, vocab.num_channels, cuda)
+    G, D, opt_g, opt_d = build_networks(cfg, vocab.num_channels, cuda, init)
     sampler = EpochSampler(len(train_ds), cfg.seed)
     loader = torch.utils.data.DataLoader(
         list(range(len(train_ds))), batch_size=cfg.batch_size, sampler=sampler
@@ -303,6 +375,8 @@ def setup(cfg: TrainConfig, resume: bool | str | Path = False, overwrite: bool =
         sample_grid(val_set, cfg.sample_sketches, cfg.sample_conditions), nets, loader, sampler,
         make_step(accelerator, G, D, opt_g, opt_d, cfg),
     )  # fmt: skip
+    if holdout_ds is not None:
+        run.holdout_set, run.holdout_masks = DeviceSet(holdout_ds, device), region_masks(holdout_ds)
     if state is not None:
         run.start, run.history, run.best = checkpoint.restore(state, nets)
     if run.is_main:
@@ -341,7 +415,7 @@ def train_epoch(run: Run, epoch: int) -> tuple[list[float], float]:
         disable=not (run.is_main and sys.stderr.isatty()),
     )  # fmt: skip
     for idx in bar:
-        losses.append(run.step(*run.train_set.batch(idx, cfg.flip, channels_last)))
+        losses.append(run.step(*run.train_set.batch(idx, cfg.flip, channels_last, cfg.augment)))
         if len(losses) - checked >= 25:
             checked = _check_finite(losses, checked, epoch, cfg, bar)
     _check_finite(losses, checked, epoch, cfg, bar)
@@ -420,6 +494,9 @@ def train(
         t0 = time.perf_counter()
         losses, train_seconds = train_epoch(run, epoch)
         val = validate(run.nets["generator"], run.val_set, run.val_masks, cfg.eval_batch_size)
+        if run.holdout_set is not None:
+            held = validate(run.nets["generator"], run.holdout_set, run.holdout_masks, cfg.eval_batch_size)  # fmt: skip
+            val |= {"holdout_l1": held["val_l1"], "holdout_fidelity": held["val_fidelity"]}
         opt_g, opt_d = run.nets["opt_g"], run.nets["opt_d"]
         row = {
             "epoch": epoch, **dict(zip(("g_adv", "g_l1", "d_real", "d_fake"), losses[:4], strict=True)),
@@ -492,6 +569,7 @@ def build_parser(prog: str = "python -m colorjob.train"):
     cli.flag(p, "--batch-size", "batch_size", type=int, help="samples per step")
     cli.flag(p, "--seed", "seed", type=int, help="seed for the split, initialisation, shuffling and dropout")  # fmt: skip
     cli.flag(p, "--mixed-precision", "mixed_precision", choices=["no", "bf16", "fp16"], help="bf16 on recent GPUs is fastest")  # fmt: skip
+    cli.flag(p, "--init-from", "init_from", help="start from an exported model (G) or a training checkpoint / run folder (G and D): fine-tuning")  # fmt: skip
     what = p.add_mutually_exclusive_group()
     what.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint, with the run's own config (OUT/config.yaml) and what this command line changes")  # fmt: skip
     what.add_argument("--overwrite", action="store_true", help="start over in a folder that holds an earlier run (its checkpoints, metrics, samples and best/ are deleted)")  # fmt: skip
