@@ -12,6 +12,8 @@ nondeterminism).
 
 from __future__ import annotations
 
+import shutil
+import threading
 from pathlib import Path
 
 import torch
@@ -34,6 +36,39 @@ def save(state: dict, path: str | Path) -> None:
     """Write atomically: a reader (or a resume after a crash) sees the old file or the new one."""
     with storage.replacing(Path(path)) as tmp:
         torch.save(state, tmp)
+
+
+class Writer:
+    """Writes checkpoints in a background thread, one at a time, so the next epoch's training
+    overlaps the write. :meth:`wait` before anything reads the file."""
+
+    def __init__(self):
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, state: dict, path: Path, also: Path | None = None) -> None:
+        """Write ``state`` to ``path`` (and the same file to ``also``, e.g. best.pt)."""
+        self.wait()
+
+        def write():
+            try:
+                save(state, path)
+                if also is not None:
+                    with storage.replacing(also) as tmp:
+                        shutil.copyfile(path, tmp)
+            except BaseException as e:  # noqa: BLE001 - raised in the training thread by wait()
+                self._error = e
+
+        self._thread = threading.Thread(target=write, name="checkpoint-writer", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def load(path: str | Path) -> dict:
@@ -71,8 +106,20 @@ def check_compatible(config: dict, state: dict) -> None:
         )
 
 
+def _snapshot(obj):
+    """A copy of a state dict's tensors (on the CPU) that training can no longer change."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_snapshot(v) for v in obj)
+    return obj
+
+
 def capture(epoch: int, nets: dict, config: dict, conditions: dict, history, best) -> dict:
-    """The checkpoint dict of a training at the end of ``epoch``.
+    """The checkpoint dict of a training at the end of ``epoch`` (a snapshot: safe to write while
+    training goes on).
 
     ``nets``: ``generator``, ``discriminator`` (unwrapped modules), ``opt_g``, ``opt_d``,
     ``sched_g``, ``sched_d``.
@@ -80,7 +127,7 @@ def capture(epoch: int, nets: dict, config: dict, conditions: dict, history, bes
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     return {
         "format": FORMAT, "version": VERSION, "epoch": epoch,
-        **{name: obj.state_dict() for name, obj in nets.items()},
+        **{name: _snapshot(obj.state_dict()) for name, obj in nets.items()},
         "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else []},
         "config": config, "conditions": conditions, "history": list(history), "best": dict(best),
     }  # fmt: skip

@@ -28,8 +28,8 @@ from colorjob.errors import ColorjobError
 from colorjob.imaging import image_to_tensor, load_rgb, to_uint8, to_unit
 
 __all__ = [
-    "DatasetError", "DeviceSet", "EpochSampler", "PairDataset", "epoch_seed", "load_splits",
-    "read_metadata", "split_indices", "to_uint8", "to_unit",
+    "DatasetError", "DeviceSet", "EpochSampler", "PairDataset", "StreamedPairs", "epoch_seed",
+    "load_splits", "read_metadata", "split_indices", "to_uint8", "to_unit", "training_batch",
 ]  # fmt: skip
 
 
@@ -290,6 +290,31 @@ class EpochSampler(torch.utils.data.Sampler):
         return self.n
 
 
+def training_batch(
+    sketch: torch.Tensor,
+    target: torch.Tensor,
+    flip: bool = False,
+    channels_last: bool = False,
+    augment: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 sketches and targets -> floats in [-1, 1] for a training step: random horizontal
+    flips with ``flip``, and with ``augment`` > 0 the style augmentations of
+    :mod:`colorjob.augment`, each with that probability."""
+    sketch, target = to_unit(sketch), to_unit(target)
+    if flip:
+        f = (torch.rand(sketch.shape[0], device=sketch.device) < 0.5)[:, None, None, None]
+        sketch, target = (
+            torch.where(f, sketch.flip(-1), sketch),
+            torch.where(f, target.flip(-1), target),
+        )
+    if augment > 0:
+        from colorjob.augment import style
+
+        sketch, target = style(sketch, target, augment)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return sketch.contiguous(memory_format=fmt), target.contiguous(memory_format=fmt)
+
+
 class DeviceSet:
     """A split's decoded images as uint8 tensors on the device; batches are gathered by index.
 
@@ -316,23 +341,90 @@ class DeviceSet:
         channels_last: bool = False,
         augment: float = 0.0,
     ):
-        """A batch by index: random horizontal flips with ``flip``, and with ``augment`` > 0 the
-        style augmentations of :mod:`colorjob.augment`, each with that probability."""
-        sketch = to_unit(self.sketches[self.sketch_index[idx]])
-        target = to_unit(self.targets[idx])
-        if flip:
-            f = (torch.rand(idx.shape[0], device=idx.device) < 0.5)[:, None, None, None]
-            sketch, target = (
-                torch.where(f, sketch.flip(-1), sketch),
-                torch.where(f, target.flip(-1), target),
-            )
-        if augment > 0:
-            from colorjob.augment import style
-
-            sketch, target = style(sketch, target, augment)
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        return (
-            sketch.contiguous(memory_format=fmt),
-            target.contiguous(memory_format=fmt),
-            self.vectors[idx],
+        """A batch by index (see :func:`training_batch`)."""
+        sketch, target = training_batch(
+            self.sketches[self.sketch_index[idx]], self.targets[idx], flip, channels_last, augment
         )
+        return sketch, target, self.vectors[idx]
+
+
+# ---- streamed from files ------------------------------------------------------------------------
+class StreamedPairs(torch.utils.data.IterableDataset):
+    """A split's training batches decoded from its files as training goes, for datasets larger
+    than memory: what is held is a few windows of sketches, whatever the dataset's size.
+
+    Every epoch (seeded: :func:`epoch_seed`) the sketches are shuffled and cut into windows of
+    ``window`` sketches; a window's pairs are shuffled together, so a sketch is decoded once per
+    epoch and shared by all its colourings in that window. The epoch's pairs are then cut into
+    ``batch_size`` batches and dealt to the ``world`` processes in turn, each the same number of
+    full batches (a data-parallel step needs every process), disjoint; one process alone keeps
+    the last, partial batch, as in memory. Within a process, DataLoader workers
+    take contiguous runs of its batches. Yields ``(sketch, target, conditions, rows)``: uint8
+    images, value indices and the split's row numbers.
+    """
+
+    def __init__(self, ds: PairDataset, batch_size: int, seed: int, window: int = 8, rank: int = 0, world: int = 1):  # fmt: skip
+        self.root, self.size = ds.root, ds.image_size
+        self.inputs = ds.metadata["input"].to_numpy()
+        self.outputs = ds.metadata["output"].to_numpy()
+        self.conditions = ds.conditions
+        self.sketches = list(pd.unique(ds.metadata["input"]))
+        self.batch_size, self.seed, self.window, self.rank, self.world = batch_size, seed, window, rank, world  # fmt: skip
+        self.epoch = 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def plan(self) -> list[np.ndarray]:
+        """This process's batches of this epoch, as row indices (the same in every worker)."""
+        rng = np.random.default_rng(epoch_seed(self.seed, self.epoch))
+        order = rng.permutation(len(self.sketches))
+        by_sketch = (
+            pd.Series(np.arange(len(self.inputs))).groupby(self.inputs).apply(list).to_dict()
+        )
+        rows = []
+        for w in range(0, len(order), self.window):
+            chunk = [i for k in order[w : w + self.window] for i in by_sketch[self.sketches[k]]]
+            rows.extend(rng.permutation(chunk).tolist())
+        batches = [rows[b : b + self.batch_size] for b in range(0, len(rows), self.batch_size)]
+        if self.world > 1:  # full batches only, the same number for every process
+            batches = batches[: len(rows) // self.batch_size // self.world * self.world]
+        return [np.asarray(b) for b in batches[self.rank :: self.world]]
+
+    def __len__(self) -> int:
+        """Batches per epoch of this process (what the DataLoader yields)."""
+        if self.world == 1:
+            return -(-len(self.inputs) // self.batch_size)
+        return len(self.inputs) // self.batch_size // self.world
+
+    def pairs_per_epoch(self) -> int:
+        """Pairs this process trains on per epoch."""
+        if self.world == 1:
+            return len(self.inputs)
+        return len(self) * self.batch_size
+
+    def __iter__(self):
+        batches = self.plan()
+        info = torch.utils.data.get_worker_info()
+        if info is not None:  # a contiguous run of batches per DataLoader worker
+            per = -(-len(batches) // info.num_workers)
+            batches = batches[info.id * per : (info.id + 1) * per]
+        last_use = {s: b for b, rows in enumerate(batches) for s in self.inputs[rows]}
+        sketches: dict[str, torch.Tensor] = {}  # decoded once, kept until their last batch
+        for b, rows in enumerate(batches):
+            for rel in set(self.inputs[rows]) - set(sketches):
+                sketches[rel] = self._decode(rel)
+            yield (
+                torch.stack([sketches[r] for r in self.inputs[rows]]),
+                torch.stack([self._decode(r) for r in self.outputs[rows]]),  # each once per epoch
+                self.conditions[rows],
+                torch.from_numpy(rows),
+            )
+            for rel in [r for r in sketches if last_use[r] == b]:
+                del sketches[rel]
+
+    def _decode(self, rel: str) -> torch.Tensor:
+        try:
+            return image_to_tensor(load_rgb(self.root / rel), self.size)
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise DatasetError(f"cannot read image {self.root / rel}: {e}") from e

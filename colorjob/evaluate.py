@@ -74,3 +74,56 @@ def save_samples(
         for i in range(grid["sketches"].shape[0])
     ]
     return save_grid(torch.cat(rows), path, ncol=grid["ncol"])
+
+
+def fidelity_of_files(
+    dataset: Path, sketches_prefix: str, rows, folder: Path, image_size: int
+) -> float | None:
+    """Condition fidelity of image files made from a dataset's sketches (e.g. batch outputs).
+
+    ``rows``: ``(sketch, output, {attribute: value})`` with ``sketch`` relative to the folder the
+    job read (``sketches_prefix`` inside ``dataset``) and ``output`` relative to ``folder``. Uses
+    the dataset's masks at ``image_size``; None when it has none (or colours are unknown).
+    """
+    from colorjob.imaging import image_to_tensor, load_rgb
+
+    ds = PairDataset(dataset, image_size)
+    if any(c is None for a in ds.vocab.attributes for c in a.colors):
+        return None
+    images, conditions, masks = [], [], []
+    for sketch, output, values in rows:
+        mask = {a: ds.mask(sketches_prefix + sketch, a) for a in ds.vocab.names}
+        if any(m is None for m in mask.values()):
+            return None
+        images.append(image_to_tensor(load_rgb(folder / output), image_size))
+        conditions.append(ds.vocab.encode(values))
+        masks.append(mask)
+    if not images:
+        return None
+    hits = fidelity_hits(torch.stack(images), torch.tensor(conditions), masks, ds.vocab)
+    return hits.float().mean().item()
+
+
+def validate_streamed(
+    g, ds: PairDataset, batch_size: int, chunk: int = 16, precision: Precision = "auto"
+) -> dict:
+    """:func:`validate` for a split too large to hold decoded: ``chunk`` sketches (with all their
+    pairs) are decoded at a time; the means are weighted by pairs, so they equal validate's."""
+    import numpy as np
+    import pandas as pd
+
+    device = next(g.parameters()).device
+    sketches = pd.unique(ds.metadata["input"])
+    sums, n, fid_hits, fid_n = {"val_l1": 0.0, "val_psnr": 0.0}, 0, 0.0, 0
+    with_masks = True
+    for i in range(0, len(sketches), chunk):
+        rows = np.flatnonzero(ds.metadata["input"].isin(sketches[i : i + chunk]).to_numpy())
+        part = PairDataset(ds.root, ds.image_size, ds.vocab, rows=rows, metadata=ds.metadata)
+        masks = region_masks(part) if with_masks else None
+        with_masks = masks is not None
+        r = validate(g, DeviceSet(part, device), masks, batch_size, precision)
+        sums = {k: v + r[k] * len(rows) for k, v in sums.items()}
+        n += len(rows)
+        if with_masks:
+            fid_hits, fid_n = fid_hits + r["val_fidelity"] * len(rows), fid_n + len(rows)
+    return {k: v / max(1, n) for k, v in sums.items()} | {"val_fidelity": fid_hits / fid_n if with_masks and fid_n else None}  # fmt: skip

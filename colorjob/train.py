@@ -23,6 +23,7 @@ the resolved configuration the run was started with.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import shutil
@@ -34,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -49,11 +52,13 @@ from colorjob.data import (
     DeviceSet,
     EpochSampler,
     PairDataset,
+    StreamedPairs,
     epoch_seed,
     load_splits,
+    training_batch,
 )
 from colorjob.errors import ColorjobError
-from colorjob.evaluate import region_masks, sample_grid, save_samples, validate
+from colorjob.evaluate import region_masks, sample_grid, save_samples, validate, validate_streamed
 from colorjob.export import ModelError, export_generator
 from colorjob.models import (
     GANLoss,
@@ -77,8 +82,11 @@ log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = [
     "epoch", "g_adv", "g_l1", "d_real", "d_fake", "val_l1", "val_psnr", "val_fidelity",
-    "holdout_l1", "holdout_fidelity", "lr_g", "lr_d", "samples_per_s", "seconds",
+    "holdout_l1", "holdout_fidelity", "lr_g", "lr_d", "lambda_l1", "lambda_adv", "tag", "parent",
+    "samples_per_s", "train_seconds", "seconds",
 ]  # fmt: skip
+#: The per-epoch settings an exported model's ``schedule`` records (PBT changes them over time).
+SCHEDULE_KEYS = ("epoch", "lr_g", "lr_d", "lambda_l1", "lambda_adv", "tag")
 LOSS_NAMES = ["g_adv", "g_l1", "d_real", "d_fake", "g_total"]
 
 
@@ -123,11 +131,24 @@ class TrainConfig:
     # machinery
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     channels_last: bool = True  # on CUDA
-    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always saves)
+    checkpoint_every: int = 1  # epochs between full checkpoints (the last epoch always saves)
+    checkpoint_at: list[int] = field(
+        default_factory=list
+    )  # more epochs to save at (Tune's milestones)
+    eval_every: int = 1  # epochs between validations (and reports to Tune); the last always
+    sample_every: int = 1  # epochs between sample grids and loss.png; the last and best always
     sample_sketches: int = 4  # rows of the per-epoch sample grid
     sample_conditions: int = 5  # generated columns of the sample grid
     eval_batch_size: int = 64
+    data_mode: Literal["auto", "memory", "stream"] = "auto"  # auto: stream past memory_limit_gb
+    memory_limit_gb: float = 2.0  # decoded size (uint8) above which auto streams from files
+    loader_workers: int = 2  # DataLoader worker processes decoding when streaming
+    stream_window: int = 8  # sketches whose pairs are shuffled together (each decoded once)
     log_with: Literal["none", "tensorboard"] = "none"  # tensorboard: curves in OUT/tensorboard
+    tag: str = ""  # a label written into every metrics row (a Tune trial's id): lineage under PBT
+    shard_log: str | None = (
+        None  # a folder where each process lists the rows it trained on, per epoch
+    )
 
     def __post_init__(self) -> None:
         r = cfgmod.check_range
@@ -139,7 +160,7 @@ class TrainConfig:
             raise cfgmod.ConfigError(f"image_size: {e}") from None
         for key in ("ngf", "ndf", "d_layers", "epochs", "batch_size", "checkpoint_every"):
             r(key, getattr(self, key), 1)
-        for key in ("sample_sketches", "sample_conditions", "eval_batch_size"):
+        for key in ("sample_sketches", "sample_conditions", "eval_batch_size", "eval_every", "sample_every"):  # fmt: skip
             r(key, getattr(self, key), 1)
         r("d_layers", self.d_layers, 1, num_downs_for(self.image_size) - 2)
         r("dropout", self.dropout, 0, 1, high_open=True)
@@ -151,6 +172,9 @@ class TrainConfig:
         r("beta2", self.beta2, 0, 1, high_open=True)
         r("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)
         r("augment", self.augment, 0, 1)
+        r("memory_limit_gb", self.memory_limit_gb, 0)
+        r("loader_workers", self.loader_workers, 0, 64)
+        r("stream_window", self.stream_window, 1)
         r("lr_decay_start", self.lr_decay_start, 0, self.epochs, high_open=True)
 
 
@@ -264,17 +288,22 @@ class Run:
     cfg: TrainConfig
     accelerator: Accelerator
     vocab: ConditionVocab
-    train_set: DeviceSet
-    val_set: DeviceSet
+    train_set: DeviceSet | None  # None when streaming: batches come from the loader
+    val_set: DeviceSet | None  # None when streaming: validated a chunk of sketches at a time
+    val_ds: PairDataset
     val_masks: list | None
     grid: dict
     nets: dict  # generator, discriminator (unwrapped), opt_g, opt_d, sched_g, sched_d
     loader: torch.utils.data.DataLoader
     sampler: EpochSampler
     step: Callable
+    writer: checkpoint.Writer = field(default_factory=checkpoint.Writer)
     start: int = 1
+    parent: str = ""  # the tag of the run whose checkpoint this one continues (PBT), until logged
     holdout_set: DeviceSet | None = None
+    holdout_ds: PairDataset | None = None
     holdout_masks: list | None = None
+    samples_per_epoch: int = 0
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"val_l1": math.inf, "epoch": 0})
 
@@ -333,6 +362,50 @@ def initial_weights(source: str, cfg: TrainConfig, vocab: ConditionVocab) -> tup
     return g_state, d_state
 
 
+def streams(cfg: TrainConfig, *splits: PairDataset) -> bool:
+    """Whether to stream from files: as asked, or (auto) when the decoded images would take more
+    than ``memory_limit_gb``."""
+    if cfg.data_mode != "auto":
+        return cfg.data_mode == "stream"
+    files = set()
+    for ds in splits:
+        files |= set(ds.metadata["input"]) | set(ds.metadata["output"])
+    return len(files) * cfg.image_size**2 * 3 > cfg.memory_limit_gb * 1e9
+
+
+def training_source(cfg: TrainConfig, ds: PairDataset, accelerator: Accelerator, stream: bool):
+    """``(device set or None, loader, sampler or None, samples per epoch per process)``.
+
+    In memory: the split on the device, batches of indices from a seeded sampler, sharded by
+    Accelerate. Streamed: :class:`colorjob.data.StreamedPairs` decoding in DataLoader workers,
+    sharded by process itself.
+    """
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if stream:
+        pairs = StreamedPairs(ds, cfg.batch_size, cfg.seed, cfg.stream_window, rank, world)
+        loader = torch.utils.data.DataLoader(
+            pairs, batch_size=None, num_workers=cfg.loader_workers,
+            persistent_workers=False, prefetch_factor=4 if cfg.loader_workers else None,
+        )  # fmt: skip
+        return None, loader, pairs, pairs.pairs_per_epoch()
+    sampler = EpochSampler(len(ds), cfg.seed)
+    # Several processes: only full batches, so the shards are disjoint (Accelerate would repeat
+    # samples to even out the last batch) and every process takes the same number of steps.
+    loader = torch.utils.data.DataLoader(
+        list(range(len(ds))), batch_size=cfg.batch_size, sampler=sampler, drop_last=world > 1
+    )
+    loader = accelerator.prepare(loader)
+    per_epoch = len(ds) if world == 1 else len(loader) * cfg.batch_size
+    return DeviceSet(ds, accelerator.device), loader, sampler, per_epoch
+
+
+def _first_sketches(ds: PairDataset, n: int) -> PairDataset:
+    """The rows of a split's first ``n`` sketches (what the sample grid shows when streaming)."""
+    keep = pd.unique(ds.metadata["input"])[:n]
+    rows = np.flatnonzero(ds.metadata["input"].isin(keep).to_numpy())
+    return PairDataset(ds.root, ds.image_size, ds.vocab, rows=rows, metadata=ds.metadata)
+
+
 def setup(cfg: TrainConfig, resume: bool | str | Path = False, overwrite: bool = False) -> Run:
     """Data, networks, optimisers and (when resuming) their restored state."""
     kwargs = {"log_with": "tensorboard", "project_dir": cfg.out} if cfg.log_with != "none" else {}
@@ -357,11 +430,9 @@ def setup(cfg: TrainConfig, resume: bool | str | Path = False, overwrite: bool =
     init = initial_weights(cfg.init_from, cfg, vocab) if cfg.init_from and state is None else None
     cuda = accelerator.device.type == "cuda"
     G, D, opt_g, opt_d = build_networks(cfg, vocab.num_channels, cuda, init)
-    sampler = EpochSampler(len(train_ds), cfg.seed)
-    loader = torch.utils.data.DataLoader(
-        list(range(len(train_ds))), batch_size=cfg.batch_size, sampler=sampler
-    )
-    G, D, opt_g, opt_d, loader = accelerator.prepare(G, D, opt_g, opt_d, loader)
+    stream = streams(cfg, train_ds, val_ds)
+    G, D, opt_g, opt_d = accelerator.prepare(G, D, opt_g, opt_d)
+    train_set, loader, sampler, per_epoch = training_source(cfg, train_ds, accelerator, stream)
     nets = {
         "generator": accelerator.unwrap_model(G), "discriminator": accelerator.unwrap_model(D),
         "opt_g": opt_g, "opt_d": opt_d,
@@ -369,16 +440,25 @@ def setup(cfg: TrainConfig, resume: bool | str | Path = False, overwrite: bool =
         "sched_d": torch.optim.lr_scheduler.LambdaLR(opt_d, lr_factor(cfg)),
     }  # fmt: skip
     device = accelerator.device
-    val_set = DeviceSet(val_ds, device)
+    val_set = None if stream else DeviceSet(val_ds, device)
+    shown = val_set if val_set is not None else DeviceSet(_first_sketches(val_ds, cfg.sample_sketches), device)  # fmt: skip
     run = Run(
-        cfg, accelerator, vocab, DeviceSet(train_ds, device), val_set, region_masks(val_ds),
-        sample_grid(val_set, cfg.sample_sketches, cfg.sample_conditions), nets, loader, sampler,
-        make_step(accelerator, G, D, opt_g, opt_d, cfg),
+        cfg, accelerator, vocab, train_set, val_set, val_ds, None if stream else region_masks(val_ds),
+        sample_grid(shown, cfg.sample_sketches, cfg.sample_conditions), nets, loader, sampler,
+        make_step(accelerator, G, D, opt_g, opt_d, cfg), samples_per_epoch=per_epoch,
     )  # fmt: skip
     if holdout_ds is not None:
-        run.holdout_set, run.holdout_masks = DeviceSet(holdout_ds, device), region_masks(holdout_ds)
+        run.holdout_ds = holdout_ds
+        if not stream:
+            run.holdout_set, run.holdout_masks = (
+                DeviceSet(holdout_ds, device),
+                region_masks(holdout_ds),
+            )
     if state is not None:
         run.start, run.history, run.best = checkpoint.restore(state, nets)
+        set_learning_rates(run)
+        if run.history and run.history[-1].get("tag", "") not in ("", cfg.tag):
+            run.parent = run.history[-1]["tag"]
     if run.is_main:
         (run.out / "samples").mkdir(parents=True, exist_ok=True)
         (run.out / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -388,7 +468,8 @@ def setup(cfg: TrainConfig, resume: bool | str | Path = False, overwrite: bool =
         log.info(
             f"colorjob.train: {len(train_ds)} train / {len(val_ds)} val pairs "
             f"({train_ds.metadata['input'].nunique()} / {val_ds.metadata['input'].nunique()} sketches, "
-            f"split by {cfg.split}), {cfg.image_size}px, conditions {vocab}, device {device}"
+            f"split by {cfg.split}), {cfg.image_size}px, {'streamed from files' if stream else 'held decoded'}, "
+            f"conditions {vocab}, device {device}"
             f"{f' x{n}' if n > 1 else ''}, precision {cfg.mixed_precision}, "
             f"epochs {run.start}..{cfg.epochs}"
         )
@@ -398,13 +479,23 @@ def setup(cfg: TrainConfig, resume: bool | str | Path = False, overwrite: bool =
     return run
 
 
+def set_learning_rates(run: Run) -> None:
+    """This config's learning rates, not the checkpoint's: a resumed run keeps its own, and a PBT
+    trial that took over another's checkpoint continues with its newly chosen rates."""
+    cfg, factor = run.cfg, lr_factor(run.cfg)
+    for opt, sched, lr in (("opt_g", "sched_g", cfg.lr_g), ("opt_d", "sched_d", cfg.lr_d)):
+        run.nets[sched].base_lrs = [lr]
+        for group in run.nets[opt].param_groups:
+            group["lr"] = lr * factor(run.nets[sched].last_epoch)
+
+
 def train_epoch(run: Run, epoch: int) -> tuple[list[float], float]:
     """One pass over the training split; returns the mean losses and the seconds it took."""
     cfg, t0 = run.cfg, time.perf_counter()
     set_seed(epoch_seed(cfg.seed, epoch), device_specific=True)  # dropout and flips replay
     if hasattr(run.loader, "set_epoch"):  # Accelerate's loader counts epochs itself: align it
         run.loader.set_epoch(epoch)
-    run.sampler.set_epoch(epoch)
+    run.sampler.set_epoch(epoch)  # the index sampler, or the streamed pairs' epoch
     for net in (run.nets["generator"], run.nets["discriminator"]):
         net.train()
     channels_last = run.accelerator.device.type == "cuda" and cfg.channels_last
@@ -414,64 +505,100 @@ def train_epoch(run: Run, epoch: int) -> tuple[list[float], float]:
         run.loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
         disable=not (run.is_main and sys.stderr.isatty()),
     )  # fmt: skip
-    for idx in bar:
-        losses.append(run.step(*run.train_set.batch(idx, cfg.flip, channels_last, cfg.augment)))
+    seen = []
+    for item in bar:
+        if run.train_set is not None:  # indices into the split on the device
+            batch = run.train_set.batch(item, cfg.flip, channels_last, cfg.augment)
+            seen.append(item)
+        else:  # decoded uint8 batches streamed from files
+            sketch, target, conds, rows = (
+                t.to(run.accelerator.device, non_blocking=True) for t in item
+            )
+            batch = (*training_batch(sketch, target, cfg.flip, channels_last, cfg.augment), run.vocab.multi_hot(conds))  # fmt: skip
+            seen.append(rows)
+        losses.append(run.step(*batch))
         if len(losses) - checked >= 25:
             checked = _check_finite(losses, checked, epoch, cfg, bar)
     _check_finite(losses, checked, epoch, cfg, bar)
+    if cfg.shard_log:
+        rows = torch.cat(seen).tolist() if seen else []
+        path = Path(cfg.shard_log) / f"epoch{epoch:03d}-rank{run.accelerator.process_index}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rows))
     run.nets["sched_g"].step(), run.nets["sched_d"].step()
     mean = run.accelerator.reduce(torch.stack(losses).mean(0), reduction="mean")  # one sync
     return mean.tolist(), time.perf_counter() - t0
 
 
+def evaluate_split(run: Run, held: DeviceSet | None, ds: PairDataset, masks) -> dict:
+    """Validation metrics of a split: from the device, or streamed a chunk at a time."""
+    g, bs = run.nets["generator"], run.cfg.eval_batch_size
+    return validate(g, held, masks, bs) if held is not None else validate_streamed(g, ds, bs)
+
+
+def due(every: int, epoch: int, last: int) -> bool:
+    return epoch % every == 0 or epoch == last
+
+
 def end_epoch(run: Run, epoch: int, row: dict, t0: float) -> Path | None:
     """Samples, best export, checkpoint, metrics.csv and loss.png of one epoch (main process).
 
-    Returns the checkpoint folder when this epoch saved one, else None.
+    A new best exports the generator (``best/``); the full state (G, D, optimisers: what resume
+    needs) is written only every ``checkpoint_every`` epochs, at ``checkpoint_at`` and at the
+    end, by a background thread. Returns the checkpoint folder when this epoch saved one.
     """
     cfg, out, g = run.cfg, run.out, run.nets["generator"]
-    is_best = row["val_l1"] < run.best["val_l1"]
+    is_best = row["val_l1"] is not None and row["val_l1"] < run.best["val_l1"]
     if is_best:
         run.best = {"val_l1": row["val_l1"], "epoch": epoch}
+    drawn = due(cfg.sample_every, epoch, cfg.epochs)
     saved = None
     if run.is_main:
-        sample_png = save_samples(
-            g, run.grid, run.vocab, out / "samples" / f"epoch_{epoch:03d}.png", cfg.eval_batch_size
-        )
+        sample_png = None
+        if drawn or is_best:
+            sample_png = save_samples(g, run.grid, run.vocab, out / "samples" / f"epoch_{epoch:03d}.png", cfg.eval_batch_size)  # fmt: skip
         if is_best:
+            schedule = [{k: h.get(k) for k in SCHEDULE_KEYS} for h in [*run.history, row]]
             export_generator(
                 g, run.vocab, out / "best", metrics=row, config=cfgmod.to_dict(cfg),
-                samples=sample_png,
+                samples=sample_png, schedule=schedule,
             )  # fmt: skip
-        if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs or is_best:
+        if due(cfg.checkpoint_every, epoch, cfg.epochs) or epoch in cfg.checkpoint_at:
             row["seconds"] = time.perf_counter() - t0
             state = checkpoint.capture(
                 epoch, run.nets, cfgmod.to_dict(cfg), run.vocab.to_dict(), run.history + [row],
                 run.best,
             )  # fmt: skip
-            checkpoint.save(state, out / "checkpoints" / checkpoint.LAST)
-            if is_best:
-                with storage.replacing(out / "checkpoints" / checkpoint.BEST) as tmp:
-                    shutil.copyfile(out / "checkpoints" / checkpoint.LAST, tmp)
+            best = out / "checkpoints" / checkpoint.BEST if run.best["epoch"] == epoch else None
+            run.writer.submit(state, out / "checkpoints" / checkpoint.LAST, also=best)
             saved = out / "checkpoints"
     row["seconds"] = time.perf_counter() - t0
     run.history.append(row)
     if run.is_main:
         _write_metrics(run.history, out / "metrics.csv")
-        plot_curves(
-            run.history, out / "loss.png",
-            [("generator", ["g_adv", "g_l1"]), ("discriminator", ["d_real", "d_fake"]), ("validation L1", ["val_l1"])],
-        )  # fmt: skip
-        fid = "n/a" if row["val_fidelity"] is None else f"{row['val_fidelity']:.3f}"
-        log.info(
-            f"epoch {epoch:3d}/{cfg.epochs}  G adv {row['g_adv']:.3f} L1 {row['g_l1']:.4f}  "
-            f"D real {row['d_real']:.3f} fake {row['d_fake']:.3f}  |  val L1 {row['val_l1']:.4f} "
-            f"PSNR {row['val_psnr']:.2f} fidelity {fid}  |  {row['samples_per_s']:.0f} samples/s "
-            f"{row['seconds']:.1f}s{'  *best' if is_best else ''}"
-        )
+        if drawn:
+            plot_curves(
+                run.history, out / "loss.png",
+                [("generator", ["g_adv", "g_l1"]), ("discriminator", ["d_real", "d_fake"]), ("validation L1", ["val_l1"])],
+            )  # fmt: skip
+        log.info(_summary(row, cfg.epochs, is_best))
     if cfg.log_with != "none":
-        run.accelerator.log({k: v for k, v in row.items() if v is not None}, step=epoch)
+        run.accelerator.log(
+            {k: v for k, v in row.items() if isinstance(v, int | float)}, step=epoch
+        )
     return saved
+
+
+def _summary(row: dict, epochs: int, is_best: bool) -> str:
+    val = ""
+    if row["val_l1"] is not None:
+        fid = "n/a" if row["val_fidelity"] is None else f"{row['val_fidelity']:.3f}"
+        val = f"  |  val L1 {row['val_l1']:.4f} PSNR {row['val_psnr']:.2f} fidelity {fid}"
+    return (
+        f"epoch {row['epoch']:3d}/{epochs}  G adv {row['g_adv']:.3f} L1 {row['g_l1']:.4f}  "
+        f"D real {row['d_real']:.3f} fake {row['d_fake']:.3f}{val}  |  "
+        f"{row['samples_per_s']:.0f} samples/s {row['seconds']:.1f}s{'  *best' if is_best else ''}"
+    )
 
 
 def train(
@@ -493,19 +620,27 @@ def train(
     for epoch in range(run.start, cfg.epochs + 1):
         t0 = time.perf_counter()
         losses, train_seconds = train_epoch(run, epoch)
-        val = validate(run.nets["generator"], run.val_set, run.val_masks, cfg.eval_batch_size)
-        if run.holdout_set is not None:
-            held = validate(run.nets["generator"], run.holdout_set, run.holdout_masks, cfg.eval_batch_size)  # fmt: skip
-            val |= {"holdout_l1": held["val_l1"], "holdout_fidelity": held["val_fidelity"]}
+        evaluated = due(cfg.eval_every, epoch, cfg.epochs)
+        val = dict.fromkeys(("val_l1", "val_psnr", "val_fidelity"))
+        if evaluated:
+            val = evaluate_split(run, run.val_set, run.val_ds, run.val_masks)
+            if run.holdout_ds is not None:
+                held = evaluate_split(run, run.holdout_set, run.holdout_ds, run.holdout_masks)
+                val |= {"holdout_l1": held["val_l1"], "holdout_fidelity": held["val_fidelity"]}
         opt_g, opt_d = run.nets["opt_g"], run.nets["opt_d"]
         row = {
             "epoch": epoch, **dict(zip(("g_adv", "g_l1", "d_real", "d_fake"), losses[:4], strict=True)),
             **val, "lr_g": opt_g.param_groups[0]["lr"], "lr_d": opt_d.param_groups[0]["lr"],
-            "samples_per_s": len(run.train_set) / train_seconds,
+            "lambda_l1": cfg.lambda_l1, "lambda_adv": cfg.lambda_adv, "tag": cfg.tag, "parent": run.parent,
+            "samples_per_s": run.samples_per_epoch / train_seconds, "train_seconds": train_seconds,
         }  # fmt: skip
+        run.parent = ""
         saved = end_epoch(run, epoch, row, t0)
-        if report is not None:
+        if report is not None and evaluated:
+            if saved is not None:
+                run.writer.wait()  # the reported checkpoint must be on disk
             report(dict(row), saved)
+    run.writer.wait()
     run.accelerator.wait_for_everyone()
     if cfg.log_with != "none":
         run.accelerator.end_training()
@@ -570,6 +705,9 @@ def build_parser(prog: str = "python -m colorjob.train"):
     cli.flag(p, "--seed", "seed", type=int, help="seed for the split, initialisation, shuffling and dropout")  # fmt: skip
     cli.flag(p, "--mixed-precision", "mixed_precision", choices=["no", "bf16", "fp16"], help="bf16 on recent GPUs is fastest")  # fmt: skip
     cli.flag(p, "--init-from", "init_from", help="start from an exported model (G) or a training checkpoint / run folder (G and D): fine-tuning")  # fmt: skip
+    p.add_argument("--workers", type=int, default=1, help="train on this many Ray Train workers (data parallel; on the Ray cluster there is, or a local one)")  # fmt: skip
+    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="with --workers: CPUs (torch threads) per worker")  # fmt: skip
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="with --workers: GPUs per worker")  # fmt: skip
     what = p.add_mutually_exclusive_group()
     what.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint, with the run's own config (OUT/config.yaml) and what this command line changes")  # fmt: skip
     what.add_argument("--overwrite", action="store_true", help="start over in a folder that holds an earlier run (its checkpoints, metrics, samples and best/ are deleted)")  # fmt: skip
@@ -594,6 +732,11 @@ def command(args) -> int:
     if args.dry_run:
         return _dry_run()
     cfg = config_from_args(args)
+    if args.workers > 1:
+        from colorjob.distributed import train_on_ray
+
+        train_on_ray(cfg, args.workers, args.cpus_per_worker, args.gpus_per_worker, args.resume, args.overwrite)  # fmt: skip
+        return 0
     try:
         summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
     except NonFiniteLossError as e:

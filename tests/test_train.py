@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from conftest import free_port
 from PIL import Image
 
@@ -137,13 +138,20 @@ def dataclass_replace(cfg, **kw):
 def test_cli_resume_extends_a_finished_run(tiny_cfg, tmp_path, chars):
     cfg = tiny_cfg(out=tmp_path / "cli", epochs=1)
     yaml_path = tmp_path / "tiny.yaml"
-    yaml_path.write_text(
-        "\n".join(f"{k}: {v}" for k, v in cfgmod.to_dict(cfg).items() if v is not None) + "\n"
-    )
+    yaml_path.write_text(yaml.safe_dump(cfgmod.to_dict(cfg)))
     assert main(["--config", str(yaml_path)]) == 0
+    first = (tmp_path / "cli" / "metrics.csv").read_text().splitlines()
+    after_1 = load_checkpoint(tmp_path / "cli" / "checkpoints")
+    sample_1 = (tmp_path / "cli" / "samples" / "epoch_001.png").stat().st_mtime_ns
     assert main(["--out", str(tmp_path / "cli"), "--resume", "--epochs", "2"]) == 0
     m = pd.read_csv(tmp_path / "cli" / "metrics.csv")
     assert m["epoch"].tolist() == [1, 2]
+    # epoch 1 was not run again: its row (with its own timings) and its samples are untouched
+    assert (tmp_path / "cli" / "metrics.csv").read_text().splitlines()[:2] == first
+    assert (tmp_path / "cli" / "samples" / "epoch_001.png").stat().st_mtime_ns == sample_1
+    # and epoch 2 started from epoch 1's weights: its history carries epoch 1 as saved then
+    after_2 = load_checkpoint(tmp_path / "cli" / "checkpoints")
+    assert after_2["history"][0] == after_1["history"][0] and after_2["epoch"] == 2
     assert (
         load_checkpoint(tmp_path / "cli" / "checkpoints")["config"]["ngf"] == 8
     )  # the run's own config
@@ -240,6 +248,12 @@ def test_lsgan_and_lr_decay_run(tiny_cfg, tmp_path):
     s = train(tiny_cfg(out=tmp_path / "ls", gan_mode="lsgan", epochs=2, lr_decay_start=0))
     lrs = [h["lr_g"] for h in s["history"]]
     assert lrs[0] < 2e-4 and lrs[1] < lrs[0]
+
+
+def test_tensorboard_curves_when_asked(tiny_cfg, tmp_path):
+    train(tiny_cfg(out=tmp_path / "tb", epochs=1, log_with="tensorboard"))
+    events = list((tmp_path / "tb" / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
 
 
 def test_unit_range_helpers():

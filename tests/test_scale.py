@@ -1,0 +1,118 @@
+"""Bigger than one device or memory: Ray Train workers per trial, and data streamed from files."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from colorjob import config as cfgmod
+from colorjob import synth
+from colorjob.export import read_model_info
+from colorjob.train import METRIC_COLUMNS, TrainConfig, train
+from colorjob.tune import TuneConfig, run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shards(folder: Path) -> dict:
+    """``{(epoch, rank): set of rows}`` from a run's shard log."""
+    out = {}
+    for f in folder.glob("epoch*-rank*.json"):
+        epoch, rank = (int(x) for x in f.stem.removeprefix("epoch").split("-rank"))
+        out[(epoch, rank)] = set(json.loads(f.read_text()))
+    return out
+
+
+def test_a_two_worker_trial_in_a_search_shards_its_data_and_reports_as_one(
+    local_ray, tmp_path, chars
+):
+    log = tmp_path / "shards"
+    spec = {
+        "name": "workers", "storage_path": str(tmp_path / "results"), "num_samples": 2,
+        "max_concurrent_trials": 1, "resources": {"workers": 2, "cpu_per_worker": 1},
+        "scheduler": {"asha": False}, "max_failures": 0,
+        "search": {"lr_g": {"choice": [2e-4, 1e-4]}},
+        "train": {"data": str(chars), "image_size": 32, "ngf": 8, "ndf": 8, "epochs": 2, "batch_size": 8,
+                  "val_fraction": 0.25, "shard_log": str(log)},
+    }  # fmt: skip
+    best = run(cfgmod.from_dict(TuneConfig, spec))
+    exp = tmp_path / "results" / "workers"
+    table = pd.read_csv(exp / "trials.csv")
+    assert (
+        len(table) == 2 and (table["status"] == "completed").all() and (table["epochs"] == 2).all()
+    )
+    info = read_model_info(best)
+    assert info["metrics"]["val_l1"] == pytest.approx(table["val_l1"].min(), rel=1e-6)
+    for result in exp.glob("*/result.json"):  # the same per-epoch metrics as a one-worker trial
+        rows = [json.loads(x) for x in result.read_text().splitlines() if x.strip()]
+        assert [r["epoch"] for r in rows] == [1, 2]
+        assert set(METRIC_COLUMNS) - {"seconds", "holdout_l1", "holdout_fidelity"} <= set(rows[-1])
+    seen = shards(log)
+    assert {rank for _, rank in seen} == {0, 1}
+    for epoch in (1, 2):  # two processes, disjoint halves of the epoch
+        a, b = seen[(epoch, 0)], seen[(epoch, 1)]
+        assert a and b and not a & b and len(a) == len(b)
+
+
+def test_train_on_two_ray_train_workers_brings_the_run_folder_back(local_ray, tiny_cfg, tmp_path):
+    from colorjob.distributed import train_on_ray
+    from colorjob.train import RunFolderError
+
+    out, log = tmp_path / "run", tmp_path / "shards"
+    cfg = tiny_cfg(out=out, shard_log=str(log))
+    metrics = train_on_ray(cfg, workers=2)
+    history = pd.read_csv(out / "metrics.csv")
+    assert list(history["epoch"]) == [1, 2] and metrics["epoch"] == 2
+    assert (out / "checkpoints" / "last.pt").is_file() and (out / "config.yaml").is_file()
+    info = read_model_info(out / "best")
+    assert info["metrics"]["val_l1"] == pytest.approx(history["val_l1"].min(), rel=1e-6)
+    seen = shards(log)
+    for epoch in (1, 2):  # one data-parallel run: the ranks split each epoch
+        a, b = seen[(epoch, 0)], seen[(epoch, 1)]
+        assert a and b and not a & b and len(a) == len(b)
+    with pytest.raises(RunFolderError, match="--resume"):  # never over finished work
+        train_on_ray(cfg, workers=2)
+
+
+def test_one_epoch_streamed_visits_the_same_pairs_as_one_in_memory(tiny_cfg, tmp_path):
+    visited = {}
+    for mode in ("memory", "stream"):
+        cfg = tiny_cfg(out=tmp_path / mode, epochs=1, data_mode=mode, loader_workers=2, shard_log=str(tmp_path / f"log-{mode}"))  # fmt: skip
+        summary = train(cfg)
+        visited[mode] = shards(tmp_path / f"log-{mode}")[(1, 0)]
+        assert summary["history"][0]["val_l1"] > 0
+    assert visited["memory"] == visited["stream"] and len(visited["memory"]) == 75
+
+
+def _peak_rss(data: Path, out: Path) -> int:
+    """Peak RSS (bytes) of a fresh process training one streamed epoch on ``data``."""
+    probe = (
+        "import sys\n"
+        "from colorjob.train import TrainConfig, train\n"
+        "train(TrainConfig(data=sys.argv[1], out=sys.argv[2], image_size=32, ngf=8, ndf=8, epochs=1,\n"
+        "      batch_size=32, data_mode='stream', loader_workers=1, eval_batch_size=256))\n"
+        "print(next(int(x.split()[1]) for x in open('/proc/self/status') if x.startswith('VmHWM:')) * 1024)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", probe, str(data), str(out)], capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    return int(r.stdout.strip().splitlines()[-1])
+
+
+def test_streamed_training_memory_does_not_grow_with_the_dataset(tmp_path):
+    small = synth.generate(tmp_path / "5k", 200, seed=1, size=32)  # 5,000 pairs
+    large = synth.generate(tmp_path / "20k", 800, seed=1, size=32)  # 20,000 pairs
+    a, b = _peak_rss(small, tmp_path / "a"), _peak_rss(large, tmp_path / "b")
+    assert abs(b - a) / a < 0.10, (a, b)
+
+
+def test_memory_mode_is_chosen_for_small_data_and_streaming_past_the_limit(chars, tmp_path):
+    from colorjob.data import load_splits
+    from colorjob.train import streams
+
+    tr, va = load_splits(chars, 32, 0.25)
+    assert not streams(TrainConfig(), tr, va)
+    assert streams(TrainConfig(memory_limit_gb=1e-6), tr, va)  # 104 files x 32 x 32 x 3 > 1 kB
+    assert not streams(TrainConfig(memory_limit_gb=1e-6, data_mode="memory"), tr, va)
