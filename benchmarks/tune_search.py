@@ -1,13 +1,18 @@
-"""TPE + ASHA vs random search vs the seed's default config, at an equal budget of trial-epochs.
+"""Three searches on the same data and budget: random, TPE + ASHA, Population Based Training.
 
-    python benchmarks/tune_search.py [--trials 8] [--epochs 10] [--image-size 32] [--ngf 16]
+    python benchmarks/tune_search.py                     # 3 search seeds (~30 min on 2 cores)
+    python benchmarks/tune_search.py --repeats 1 --trials 4 --epochs 2    # a smoke run
 
-1. The seed's defaults (lr 2e-4 / 2e-4, lambda_l1 100, lambda_adv 1) trained for --epochs: its best
-   val_l1 is the target.
-2. Random search: --trials trials of --epochs each, no early stopping.
-3. Optuna TPE (seeded, starting from the defaults) + ASHA: the same number of trials.
-For each search: best val_l1, trial-epochs spent, and trial-epochs spent (in report order across
-trials) until a trial first reached the target. Runs on a local Ray on the CPU profile's data.
+- random search: ``--trials`` trials of ``--epochs`` epochs, no early stopping;
+- TPE + ASHA (as shipped in configs/tune.yaml): the same number of trials, ASHA stopping the weak
+  ones, early-stopped trials told to Optuna as pruned;
+- PBT: a population of ``--trials / 2`` trials trained twice as long (the same trial-epochs),
+  exploiting and exploring every 2 epochs.
+
+2 concurrent trials on 2 CPUs. For each search seed, random search's final best val L1 is the
+target; reported: (a) trial-epochs (in report order across trials) until any trial of a method
+reached it, (b) each method's best val L1 once it has spent as many trial-epochs as the method
+that spent the fewest, and at its end, (c) the condition fidelity of each method's best model.
 """
 
 from __future__ import annotations
@@ -17,27 +22,44 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
-import ray
 
 from colorjob import config as cfgmod
 from colorjob import synth
-from colorjob.train import TrainConfig, train
+from colorjob.cluster import connect
 from colorjob.tune import TuneConfig, build_tuner, prepare_data
 
 
 def search(cfg: TuneConfig) -> pd.DataFrame:
     results = build_tuner(prepare_data(cfg)).fit()
-    frames = [
-        r.metrics_dataframe.assign(trial=i)
-        for i, r in enumerate(results)
-        if r.metrics_dataframe is not None
-    ]
-    return pd.concat(frames).sort_values("reported_at").reset_index(drop=True)
+    frames = [r.metrics_dataframe for r in results if r.metrics_dataframe is not None]
+    reports = pd.concat(frames).sort_values("reported_at").reset_index(drop=True)
+    reports["spent"] = range(1, len(reports) + 1)  # trial-epochs so far
+    reports["best_so_far"] = reports["val_l1"].cummin()
+    return reports
 
 
-def to_target(reports: pd.DataFrame, target: float) -> int | None:
-    hit = (reports["val_l1"] <= target).to_numpy().nonzero()[0]
-    return int(hit[0]) + 1 if len(hit) else None
+def methods(a) -> dict:
+    half = max(2, a.trials // 2)
+    return {
+        "random search": {
+            "searcher": "random",
+            "num_samples": a.trials,
+            "scheduler": {"asha": False},
+            "epochs": a.epochs,
+        },  # fmt: skip
+        "TPE + ASHA": {
+            "searcher": "optuna",
+            "num_samples": a.trials,
+            "scheduler": {"asha": True, "grace_period": 2, "reduction_factor": 2},
+            "epochs": a.epochs,
+        },  # fmt: skip
+        "PBT": {
+            "searcher": "random",
+            "num_samples": half,
+            "scheduler": {"pbt": {"perturbation_interval": 2}},
+            "epochs": a.epochs * a.trials // half,
+        },  # fmt: skip
+    }
 
 
 def main() -> None:
@@ -50,62 +72,58 @@ def main() -> None:
     p.add_argument("--ngf", type=int, default=16)
     p.add_argument("--sketches", type=int, default=10)
     p.add_argument("--seed", type=int, default=0, help="data seed and first search seed")
-    p.add_argument("--repeats", type=int, default=3, help="search seeds to average over")
+    p.add_argument("--repeats", type=int, default=3, help="search seeds")
     a = p.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="colorjob-bench-"))
+    tmp = Path(tempfile.mkdtemp(prefix="colorjob-search-"))
     data = synth.generate(tmp / "data", a.sketches, seed=a.seed, size=a.image_size)
-    base = TrainConfig(
-        data=str(data), out=str(tmp / "default"), image_size=a.image_size, ngf=a.ngf, ndf=a.ngf,
-        epochs=a.epochs, batch_size=8, checkpoint_every=a.epochs, seed=a.seed,
-    )  # fmt: skip
-    default = train(base)
-    target = default["best_val_l1"]
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    rows = []
+    connect(log_to_driver=False, num_cpus=2)
+    rows, curves = [], {}
     for rep in range(a.repeats):
         seed = a.seed + rep
-        for name, searcher, asha in (
-            ("random search", "random", False),
-            ("TPE + ASHA", "optuna", True),
-        ):
+        for name, m in methods(a).items():
             cfg = cfgmod.from_dict(
                 TuneConfig,
                 {
-                    "name": f"{searcher}-{seed}", "storage_path": str(tmp / "results"),
-                    "num_samples": a.trials, "max_concurrent_trials": 2, "resources": {"cpu": 1},
-                    "searcher": searcher, "seed": seed,
-                    "scheduler": {"asha": asha, "grace_period": 2, "reduction_factor": 2},
-                    "train": cfgmod.to_dict(base) | {"checkpoint_every": a.epochs},
+                    "name": f"{name.split()[0].lower()}-{seed}", "storage_path": str(tmp / "results"),
+                    "num_samples": m["num_samples"], "max_concurrent_trials": 2, "resources": {"cpu": 1},
+                    "searcher": m["searcher"], "seed": seed, "scheduler": m["scheduler"], "max_failures": 0,
+                    "train": {"data": str(data), "image_size": a.image_size, "ngf": a.ngf, "ndf": a.ngf,
+                              "epochs": m["epochs"], "batch_size": 8, "checkpoint_every": 2, "seed": a.seed},
                 },
             )  # fmt: skip
-            reports = search(cfg)
-            rows.append(
-                {
-                    "method": name, "search seed": seed, "trial_epochs": len(reports),
-                    "best_val_l1": reports["val_l1"].min(), "epochs_to_default": to_target(reports, target),
-                }
-            )  # fmt: skip
-    ray.shutdown()
+            curves[(name, seed)] = search(cfg)
+        target = curves[("random search", seed)]["val_l1"].min()
+        budget = min(len(curves[(n, seed)]) for n in methods(a))
+        for name in methods(a):
+            r = curves[(name, seed)]
+            hit = r.index[r["val_l1"] <= target]
+            best = r.loc[r["val_l1"].idxmin()]
+            rows.append({
+                "method": name, "search seed": seed, "trial-epochs": len(r),
+                "to random's best": int(r.loc[hit[0], "spent"]) if len(hit) else None,
+                f"best at {budget} trial-epochs": r.loc[budget - 1, "best_so_far"],
+                "best val L1": best["val_l1"], "its fidelity": best.get("val_fidelity"),
+            })  # fmt: skip
     table = pd.DataFrame(rows)
-    print(
-        f"\n{a.trials} trials x up to {a.epochs} epochs, {a.image_size}px, ngf {a.ngf}, {a.sketches} sketches"
-    )
-    print(f"seed defaults alone: best val_l1 {target:.4f} after {a.epochs} epochs (the target)")
+    budget_col = [c for c in table.columns if c.startswith("best at")]
+    table["best at equal trial-epochs"] = table[budget_col].bfill(axis=1).iloc[:, 0]
+    table = table.drop(columns=budget_col)
+    print(f"\n{a.sketches} characters at {a.image_size} px, ngf {a.ngf}; {a.trials} trials x {a.epochs} epochs "
+          f"(PBT: {max(2, a.trials // 2)} x {a.epochs * a.trials // max(2, a.trials // 2)}); 2 concurrent trials")  # fmt: skip
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    mean = table.groupby("method")[["trial_epochs", "best_val_l1", "epochs_to_default"]].mean()
-    print(
-        "\nmean over search seeds (epochs_to_default: trial-epochs, in report order, until a trial"
-    )
-    print("first matched the defaults' best val_l1):")
+    mean = table.groupby("method", sort=False)[["trial-epochs", "to random's best", "best at equal trial-epochs", "best val L1", "its fidelity"]].mean()  # fmt: skip
+    print("\nmean over search seeds:")
     print(mean.to_string(float_format=lambda v: f"{v:.4f}"))
-    if mean["epochs_to_default"].notna().all():
-        r = (
-            mean.loc["TPE + ASHA", "epochs_to_default"]
-            / mean.loc["random search", "epochs_to_default"]
-        )
-        print(
-            f"TPE+ASHA / random search trial-epochs to the defaults' val_l1: {r:.2f}x (goal <= 0.5x)"
-        )
+    base = mean.loc["random search", "to random's best"]
+    for name in ("TPE + ASHA", "PBT"):
+        ratio = mean.loc[name, "to random's best"] / base
+        wins = sum(
+            table[(table["method"] == name) & (table["search seed"] == s)]["best at equal trial-epochs"].item()
+            < table[(table["method"] == "random search") & (table["search seed"] == s)]["best at equal trial-epochs"].item()
+            for s in table["search seed"].unique()
+        )  # fmt: skip
+        print(f"{name}: {ratio:.2f}x random search's trial-epochs to its final best (goal <= 0.5x); "
+              f"lower best at equal trial-epochs on {wins}/{table['search seed'].nunique()} seeds")  # fmt: skip
 
 
 if __name__ == "__main__":

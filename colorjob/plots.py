@@ -66,15 +66,38 @@ def plot_curves(
 
 
 def plot_trials(curves: dict, path: str | Path, metric: str = "val_l1", x: str = "epoch") -> Path:
-    """One line per trial: ``curves`` maps a trial name to a DataFrame with ``x`` and ``metric``."""
+    """One line per trial: ``curves`` maps a trial name to a DataFrame with ``x`` and ``metric``.
+
+    Under Population Based Training a trial may continue from another's checkpoint (its row's
+    ``parent`` names that trial): its line breaks there, and a dashed line joins it to the
+    point of the trial it copied, so each model's lineage can be followed.
+    """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for name, df in curves.items():
-        ax.plot(df[x], df[metric], marker="o", ms=3, label=str(name))
+    exploits = 0
+    for i, (name, df) in enumerate(curves.items()):
+        color = f"C{i % 10}"
+        parents = df["parent"].fillna("") if "parent" in df else [""] * len(df)
+        starts = [j for j, p in enumerate(parents) if p] + [len(df)]
+        begin = 0
+        for end in starts:  # one segment per stretch of the trial's own lineage
+            part = df.iloc[begin:end]
+            ax.plot(part[x], part[metric], marker="o", ms=3, color=color, label=str(name) if begin == 0 else None)  # fmt: skip
+            if end < len(df):
+                row, donor = df.iloc[end], curves.get(parents[end])
+                if donor is not None:
+                    prev = donor[donor[x] == row[x] - 1]
+                    if len(prev):
+                        ax.plot([row[x] - 1, row[x]], [prev[metric].iloc[0], row[metric]], "--", color=color, lw=1)  # fmt: skip
+                        exploits += 1
+            begin = end
     ax.set_xlabel(x)
     ax.set_ylabel(metric)
     ax.set_yscale("log")
-    ax.set_title(f"{metric} per {x}, every trial")
+    title = f"{metric} per {x}, every trial"
+    ax.set_title(
+        title + (f" ({exploits} exploits: dashed, from the trial copied)" if exploits else "")
+    )
     ax.grid(alpha=0.3, which="both")
     if len(curves) <= 16:
         ax.legend(fontsize=7, ncol=2)

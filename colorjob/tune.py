@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -39,12 +40,40 @@ DISTRIBUTIONS = ("loguniform", "uniform", "quniform", "randint", "choice")
 
 @dataclass
 class Resources:
-    cpu: float = 1.0  # CPUs per trial (also its torch threads)
-    gpu: float = 0.0  # GPUs per trial; fractions (0.25) let small trials share a card
+    """What a trial gets: ``workers`` training processes (Ray Train when more than one), each
+    with ``cpu`` CPUs (its torch threads) and ``gpu`` GPUs. ``cpu_per_worker`` / ``gpu_per_worker``
+    are the same settings under the names Ray Train uses."""
+
+    workers: int = 1
+    cpu: float = 1.0
+    gpu: float = 0.0  # fractions (0.25) let small single-worker trials share a card
+    cpu_per_worker: float | None = None
+    gpu_per_worker: float | None = None
 
     def __post_init__(self) -> None:
+        if self.cpu_per_worker is not None:
+            self.cpu = self.cpu_per_worker
+        if self.gpu_per_worker is not None:
+            self.gpu = self.gpu_per_worker
+        self.cpu_per_worker = self.gpu_per_worker = None  # one name from here on
+        cfgmod.check_range("workers", self.workers, 1, 1024)
         cfgmod.check_range("cpu", self.cpu, 0, 1024, low_open=True)
         cfgmod.check_range("gpu", self.gpu, 0, 64)
+
+
+@dataclass
+class PBT:
+    """Population Based Training: every ``perturbation_interval`` epochs the weakest trials copy
+    a strong trial's checkpoint (G, D, optimisers) and continue with perturbed settings."""
+
+    perturbation_interval: int = 2  # epochs; checkpoints are written at least as often
+    quantile_fraction: float = 0.25  # the bottom quarter copies the top quarter
+    resample_probability: float = 0.25  # explore: draw a setting anew instead of x0.8 / x1.2
+
+    def __post_init__(self) -> None:
+        cfgmod.check_range("perturbation_interval", self.perturbation_interval, 1)
+        cfgmod.check_range("quantile_fraction", self.quantile_fraction, 0, 0.5, low_open=True)
+        cfgmod.check_range("resample_probability", self.resample_probability, 0, 1)
 
 
 @dataclass
@@ -52,6 +81,7 @@ class Scheduler:
     asha: bool = True  # False: every trial runs all its epochs (FIFO)
     grace_period: int = 2  # epochs before ASHA may stop a trial
     reduction_factor: float = 2.0  # keep the best 1/reduction_factor at each rung
+    pbt: PBT | None = None  # Population Based Training instead of ASHA (random initial points)
 
     def __post_init__(self) -> None:
         cfgmod.check_range("grace_period", self.grace_period, 1)
@@ -153,20 +183,24 @@ def train_gan(params: dict, base: dict, tune_cfg: dict) -> None:
 
     cfg = cfgmod.from_dict(TuneConfig, tune_cfg)
     out = Path(os.getcwd()) / "run"  # the trial's own working directory on this node
-    train_cfg = cfgmod.from_dict(TrainConfig, cfgmod.merge(base, params) | {"out": str(out)})
+    tag = tune.get_context().get_trial_id() or ""
+    train_cfg = cfgmod.from_dict(TrainConfig, cfgmod.merge(base, params) | {"out": str(out), "tag": tag})  # fmt: skip
     torch.set_num_threads(max(1, int(cfg.resources.cpu)))
     resume = None
     checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:  # a retry or a resumed experiment: continue where it stopped
+    if checkpoint is not None:  # a retry, a resumed experiment, or a PBT exploit: continue from it
+        shutil.rmtree(out / "restored", ignore_errors=True)
         restored = Path(checkpoint.to_directory(str(out / "restored")))
         resume = restored / "last.pt"
+        shutil.rmtree(out / "best", ignore_errors=True)  # the checkpoint's best/ goes with it
         if (restored / "best").is_dir():
-            shutil.copytree(restored / "best", out / "best", dirs_exist_ok=True)
+            shutil.copytree(restored / "best", out / "best")
 
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
         metrics = {k: v for k, v in metrics.items() if v is not None}
         metrics["score"] = score(metrics, cfg)
         metrics["reported_at"] = time.time()  # orders reports across trials (benchmarks)
+        metrics["checkpoint_bytes"] = 0
         if checkpoint_dir is None:
             tune.report(metrics)
             return
@@ -174,6 +208,7 @@ def train_gan(params: dict, base: dict, tune_cfg: dict) -> None:
             _link_or_copy(checkpoint_dir / "last.pt", Path(tmp) / "last.pt")
             if (out / "best").is_dir():
                 shutil.copytree(out / "best", Path(tmp) / "best")
+            metrics["checkpoint_bytes"] = sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file())  # fmt: skip
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     try:
@@ -181,6 +216,24 @@ def train_gan(params: dict, base: dict, tune_cfg: dict) -> None:
         train(train_cfg, resume=resume or False, report=report, overwrite=resume is None)
     except NonFiniteLossError as e:
         raise RuntimeError(f"trial stopped: {e}") from None
+
+
+def train_gan_workers(params: dict, base: dict, tune_cfg: dict) -> None:
+    """Tune's function trainable for trials of several workers: a driver launching a Ray Train
+    ``TorchTrainer`` (:mod:`colorjob.distributed`) whose workers report to Tune. A retried or
+    resumed trial continues from Ray Train's latest checkpoint of the same run."""
+    from ray import tune
+
+    from colorjob.distributed import trainer
+
+    cfg = cfgmod.from_dict(TuneConfig, tune_cfg)
+    trial = tune.get_context().get_trial_id() or "trial"
+    train_cfg = cfgmod.merge(base, params) | {"tag": trial}
+    r = cfg.resources
+    trainer(
+        train_cfg, f"{cfg.name}-{trial}", f"{experiment_path(cfg)}/workers", r.workers, r.cpu, r.gpu,
+        max_failures=max(0, cfg.max_failures), tune_report=True, fidelity_weight=cfg.fidelity_weight,
+    ).fit()  # fmt: skip
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -196,16 +249,104 @@ def experiment_path(cfg: TuneConfig) -> str:
     return f"{root.rstrip('/')}/{cfg.name}"
 
 
+def honest_optuna_search(max_t: int, **kwargs):
+    """Ray's OptunaSearch, telling Optuna the truth about early-stopped trials.
+
+    Ray reports a trial that a scheduler (ASHA) stopped at epoch 2 as COMPLETE with its epoch-2
+    score, next to 12-epoch scores: TPE then models "looks good after 2 epochs" and penalises
+    slow starters. Here such a trial is PRUNED (its per-epoch scores are already Optuna's
+    intermediate values), which TPE ranks below every trial that ran to the end.
+    """
+    from optuna.trial import TrialState
+    from ray.tune.search.optuna import OptunaSearch
+
+    class HonestOptunaSearch(OptunaSearch):
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            epoch = (result or {}).get("epoch", (result or {}).get("training_iteration", max_t))
+            stopped = result and not error and epoch < max_t
+            if not stopped or trial_id in self._completed_trials:
+                return super().on_trial_complete(trial_id, result, error)
+            try:
+                self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+            except Exception as exc:  # noqa: BLE001 - as Ray's own: a bad value is a warning
+                log.warning(f"optuna: {exc}")
+            self._completed_trials.add(trial_id)
+
+    return HonestOptunaSearch(**kwargs)
+
+
+def _searcher(cfg: TuneConfig, space: dict):
+    start = [{k: getattr(cfg.train, k) for k in space}] if cfg.start_from_defaults else None
+    if cfg.searcher == "optuna" and cfg.scheduler.pbt is None:
+        import optuna
+
+        return honest_optuna_search(
+            cfg.train.epochs, metric=cfg.metric, mode="min", points_to_evaluate=start,
+            sampler=optuna.samplers.TPESampler(
+                seed=cfg.seed,
+                # Optuna's default waits for 10 random trials before TPE models anything: with
+                # the small budgets of a search like this, start modelling after a third of them.
+                n_startup_trials=max(2, min(10, cfg.num_samples // 3)),
+                multivariate=True,  # learning rates and loss weights interact
+            ),
+        )  # fmt: skip
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    # Random search; also PBT's first population (PBT changes settings as it goes, which a model
+    # of "settings -> score" like TPE cannot follow).
+    return BasicVariantGenerator(random_state=cfg.seed, points_to_evaluate=start)
+
+
+def _scheduler(cfg: TuneConfig, space: dict):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+    s = cfg.scheduler
+    if s.pbt is not None:
+        random.seed(cfg.seed)  # PBT draws its exploits and perturbations from Python's random
+        return PopulationBasedTraining(
+            time_attr="epoch", perturbation_interval=s.pbt.perturbation_interval,
+            hyperparam_mutations=space, quantile_fraction=s.pbt.quantile_fraction,
+            resample_probability=s.pbt.resample_probability,
+        )  # fmt: skip
+    if not s.asha:
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="epoch",  # epochs, not reports: with eval_every > 1 they differ
+        max_t=cfg.train.epochs,
+        grace_period=min(s.grace_period, cfg.train.epochs),  # --epochs 2 still runs
+        reduction_factor=s.reduction_factor,
+    )
+
+
+def milestones(cfg: TuneConfig) -> list[int]:
+    """The epochs at which a trial writes a full checkpoint besides ``checkpoint_every`` and its
+    last epoch: where the scheduler decides (ASHA's rungs, every PBT perturbation), so a resumed
+    or exploiting trial continues from the point that mattered, and no more bytes are written."""
+    s, epochs = cfg.scheduler, cfg.train.epochs
+    if s.pbt is not None:
+        return list(range(s.pbt.perturbation_interval, epochs + 1, s.pbt.perturbation_interval))
+    if not s.asha:
+        return []
+    rungs, t = [], min(s.grace_period, epochs)
+    while t < epochs:
+        rungs.append(int(t))
+        t = max(t + 1, int(round(t * s.reduction_factor)))
+    return rungs
+
+
 def build_tuner(cfg: TuneConfig, resume: bool = False):
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    base = cfgmod.to_dict(cfg.train)
+    base = cfgmod.to_dict(cfg.train) | {"checkpoint_at": milestones(cfg)}
     space = search_space(cfg)
-    trainable = tune.with_resources(
-        tune.with_parameters(train_gan, base=base, tune_cfg=cfgmod.to_dict(cfg)),
-        {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu},
-    )
+    if cfg.resources.workers > 1:  # the trial only drives its Ray Train workers
+        if cfg.scheduler.pbt is not None:
+            raise cfgmod.ConfigError("scheduler.pbt needs single-worker trials (resources.workers: 1): PBT exploits Tune checkpoints")  # fmt: skip
+        # no CPU (its workers hold those); Tune needs one resource in the trial's bundle
+        fn, need = train_gan_workers, {"cpu": 0, "memory": 64 * 2**20}
+    else:
+        fn, need = train_gan, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}
+    trainable = tune.with_resources(tune.with_parameters(fn, base=base, tune_cfg=cfgmod.to_dict(cfg)), need)  # fmt: skip
     path = experiment_path(cfg)
     fs, inner = storage.resolve(path)
     if resume:
@@ -214,61 +355,28 @@ def build_tuner(cfg: TuneConfig, resume: bool = False):
                 f"nothing to resume at {path}: no experiment was started there"
             )
         return tune.Tuner.restore(
-            inner,
-            trainable=trainable,
-            resume_unfinished=True,
-            resume_errored=False,
+            inner, trainable=trainable, resume_unfinished=True, resume_errored=False,
             storage_filesystem=fs,
-        )
-    metric, mode = cfg.metric, "min"
-    if cfg.searcher == "optuna":
-        import optuna
-        from ray.tune.search.optuna import OptunaSearch
-
-        start = [{k: getattr(cfg.train, k) for k in space}] if cfg.start_from_defaults else None
-        searcher = OptunaSearch(
-            metric=metric,
-            mode=mode,
-            points_to_evaluate=start,
-            sampler=optuna.samplers.TPESampler(
-                seed=cfg.seed,
-                # Optuna's default waits for 10 random trials before TPE models anything: with
-                # the small budgets of a search like this, start modelling after a third of them.
-                n_startup_trials=max(2, min(10, cfg.num_samples // 3)),
-                multivariate=True,  # learning rates and loss weights interact
-            ),
-        )
-    else:
-        from ray.tune.search.basic_variant import BasicVariantGenerator
-
-        searcher = BasicVariantGenerator(random_state=cfg.seed)
-    scheduler = (
-        ASHAScheduler(
-            time_attr="training_iteration",
-            max_t=cfg.train.epochs,
-            grace_period=min(cfg.scheduler.grace_period, cfg.train.epochs),  # --epochs 2 still runs
-            reduction_factor=cfg.scheduler.reduction_factor,
-        )
-        if cfg.scheduler.asha
-        else FIFOScheduler()
-    )
+        )  # fmt: skip
     return tune.Tuner(
         trainable,
         param_space=space,
         tune_config=tune.TuneConfig(
-            metric=metric,
-            mode=mode,
-            search_alg=searcher,
-            scheduler=scheduler,
+            metric=cfg.metric,
+            mode="min",
+            search_alg=_searcher(cfg, space),
+            scheduler=_scheduler(cfg, space),
             num_samples=cfg.num_samples,
             max_concurrent_trials=cfg.max_concurrent_trials,
-        ),
+        ),  # fmt: skip
         run_config=tune.RunConfig(
             name=cfg.name,
             storage_path=inner.rsplit("/", 1)[0],
             storage_filesystem=fs,  # endpoint and credentials resolved the colorjob way
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=1 if cfg.scheduler.pbt is None else 2
+            ),
             verbose=1,
         ),
     )
@@ -291,7 +399,7 @@ def summarize(results, cfg: TuneConfig) -> pd.DataFrame:
     }  # fmt: skip
     table = best.reindex(columns=list(columns)).rename(columns=columns)
     table = table.loc[:, ~table.columns.duplicated()]
-    epochs = dict(zip(last.get("trial_id", []), last.get("training_iteration", []), strict=True))
+    epochs = dict(zip(last.get("trial_id", []), last.get("epoch", []), strict=True))
     table["epochs"] = table["trial_id"].map(epochs)
     errors, silent = {}, []
     for r in results:
@@ -347,13 +455,25 @@ def finish(results, cfg: TuneConfig) -> Path | str | None:
     best = results.get_best_result(
         metric=cfg.metric, mode="min", scope="all", filter_nan_and_inf=True
     )
-    if best.checkpoint is None:
+    ckpt = best.checkpoint or _worker_checkpoint(best)
+    if ckpt is None:
         log.warning("the best trial saved no checkpoint: nothing to export")
         return None
     dest = storage.join(exp, "best")
-    with best.checkpoint.as_directory() as d:
+    with ckpt.as_directory() as d:
         publish(Path(d) / "best", dest)  # replaces best/ as a unit: it never vanishes
     return Path(dest) if not storage.is_uri(dest) else dest
+
+
+def _worker_checkpoint(result):
+    """The latest checkpoint of a multi-worker trial (Ray Train keeps it; Tune has its path)."""
+    df = result.metrics_dataframe
+    if df is None or "checkpoint_path" not in df or df["checkpoint_path"].isna().all():
+        return None
+    from ray.train import Checkpoint
+
+    fs, _ = storage.resolve(result.path)
+    return Checkpoint(df["checkpoint_path"].dropna().iloc[-1], filesystem=fs)
 
 
 def prepare_data(cfg: TuneConfig) -> TuneConfig:

@@ -28,12 +28,22 @@ def cluster():
         initialize_head=True,
         head_node_args={"num_cpus": 0, "include_dashboard": False, "_system_config": fast_death},
     )
-    workers = [c.add_node(num_cpus=1), c.add_node(num_cpus=1)]
+    c.add_node(num_cpus=1)
+    c.add_node(num_cpus=1)
     c.wait_for_nodes()
     ray.init(address=c.address, log_to_driver=False)
-    yield c, workers
+    yield c
     ray.shutdown()
     c.shutdown()
+
+
+def two_workers(c: Cluster) -> list:
+    """Two live 1-CPU worker nodes (a node is added where an earlier test killed one)."""
+    live = [n for n in c.worker_nodes if n.remaining_processes_alive()]
+    while len(live) < 2:
+        live.append(c.add_node(num_cpus=1))
+    c.wait_for_nodes()
+    return live[:2]
 
 
 def kill_when(condition, action, timeout: float = 300) -> threading.Thread:
@@ -51,7 +61,8 @@ def kill_when(condition, action, timeout: float = 300) -> threading.Thread:
 
 
 def test_batch_survives_losing_a_worker_node(cluster, tmp_path, chars, trained):
-    c, workers = cluster
+    c = cluster
+    workers = two_workers(c)
     src = Image.open(chars / "sketches" / "char_0003.png")
     (tmp_path / "in").mkdir()
     for i in range(24):
@@ -86,3 +97,49 @@ def test_batch_survives_losing_a_worker_node(cluster, tmp_path, chars, trained):
     assert sorted(ledger["output"]) == sorted(m["output"]) and not list(
         out.rglob("*.colorjob-tmp-*")
     )
+
+
+def test_a_search_survives_losing_a_worker_node(cluster, tmp_path, chars):
+    """The first trial's node dies mid-trial: Tune restarts that trial on the other node from its
+    last checkpoint (not from epoch 1), and every trial of the search finishes."""
+    import json
+
+    from colorjob import config as cfgmod
+    from colorjob.tune import TuneConfig
+    from colorjob.tune import run as tune_run
+
+    c = cluster
+    workers = two_workers(c)
+    exp = tmp_path / "results" / "nodeloss"
+    spec = {
+        "name": "nodeloss", "storage_path": str(tmp_path / "results"), "num_samples": 3,
+        "max_concurrent_trials": 2, "resources": {"cpu": 1}, "scheduler": {"asha": False},
+        "max_failures": 3, "search": {"lr_g": {"choice": [1e-4, 2e-4, 3e-4]}},
+        "train": {"data": str(chars), "image_size": 32, "ngf": 8, "ndf": 8, "epochs": 12, "batch_size": 4,
+                  "val_fraction": 0.25, "checkpoint_every": 2},
+    }  # fmt: skip
+
+    def reports() -> dict:
+        out = {}
+        for f in exp.glob("*/result.json"):
+            out[f.parent.name] = [
+                json.loads(x)["epoch"] for x in f.read_text().splitlines() if x.strip()
+            ]
+        return out
+
+    watcher = kill_when(
+        lambda: exp.exists() and any(len(v) >= 3 for v in reports().values()),
+        lambda: c.remove_node(workers[0], allow_graceful=False),
+    )
+    tune_run(cfgmod.from_dict(TuneConfig, spec))
+    watcher.join(timeout=5)
+    table = pd.read_csv(exp / "trials.csv")
+    assert (
+        len(table) == 3 and (table["status"] == "completed").all() and (table["epochs"] == 12).all()
+    )
+    epochs = reports()
+    restarted = [name for name, seq in epochs.items() if any(b <= a for a, b in zip(seq, seq[1:], strict=False))]  # fmt: skip
+    assert restarted, f"no trial was restarted: {epochs}"
+    for name in restarted:  # from a checkpoint, never from the first epoch
+        seq = epochs[name]
+        assert seq.count(1) == 1 and seq[-1] == 12, seq
