@@ -96,8 +96,11 @@ def line_colour(sketch: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def jpeg(sketch: torch.Tensor, p: float) -> torch.Tensor:
-    """JPEG artefacts (quality 30 to 80), encoded and decoded on the CPU."""
-    from torchvision.io import decode_jpeg, encode_jpeg
+    """JPEG artefacts (quality 30 to 80), encoded and decoded with Pillow on the CPU."""
+    import io
+
+    import numpy as np
+    from PIL import Image
 
     from colorjob.imaging import to_uint8, to_unit
 
@@ -107,10 +110,14 @@ def jpeg(sketch: torch.Tensor, p: float) -> torch.Tensor:
         return sketch
     quality = torch.randint(30, 81, (n,))
     out = sketch.clone()
-    images = to_uint8(sketch).cpu()
+    images = to_uint8(sketch).permute(0, 2, 3, 1).cpu().numpy()
     for i in torch.nonzero(pick).flatten().tolist():
-        decoded = decode_jpeg(encode_jpeg(images[i], quality=int(quality[i])))
-        out[i] = to_unit(decoded).to(sketch.device, sketch.dtype)
+        buf = io.BytesIO()
+        Image.fromarray(images[i]).save(buf, format="JPEG", quality=int(quality[i]))
+        decoded = np.asarray(Image.open(buf).convert("RGB"))
+        out[i] = to_unit(torch.from_numpy(decoded.copy()).permute(2, 0, 1)).to(
+            sketch.device, sketch.dtype
+        )
     return out
 
 

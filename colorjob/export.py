@@ -53,10 +53,14 @@ def export_generator(
     config: dict | None = None,
     dtype: torch.dtype = torch.float32,
     samples: str | Path | None = None,
+    schedule: list[dict] | None = None,
 ) -> Path:
     """Write ``out_dir/generator.safetensors`` and ``out_dir/model.json``, as one unit.
 
     ``samples``: a picture of what the generator makes, kept beside it as ``samples.png``.
+    ``schedule``: the hyper-parameters of every epoch that made it (``epoch``, ``lr_g``, ``lr_d``,
+    ``lambda_l1``, ``lambda_adv``, ``tag``: under PBT they change, and the tag says which trial
+    trained that epoch).
     """
     state = {
         k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
@@ -76,6 +80,7 @@ def export_generator(
         "conditions": vocab.to_dict(),
         "metrics": metrics or {},
         "train_config": config or {},
+        "schedule": schedule or [],
     }
     with storage.replacing_dir(Path(out_dir)) as tmp:
         (tmp / WEIGHTS).write_bytes(weights)
@@ -314,19 +319,20 @@ CARD = """# colorjob default generator
 A small conditional sketch-colorization generator shipped with colorjob, so that batch colorization
 works out of the box:
 
-    python -m colorjob.batch --input examples/sketches --conditions configs/grid.csv --output out/
+    colorjob batch --input examples/sketches --conditions configs/grid.csv --output out/
 
 | | |
 |---|---|
 | model id | `{model_id}` |
-| architecture | pix2pix U-Net, {image_size} px, ngf {ngf} ({params:,} parameters), weights in {dtype} ({size_mb:.1f} MB) |
+| architecture | pix2pix U-Net, {image_size} px, ngf {ngf}, conditioning `{conditioning}` ({params:,} parameters), weights in {dtype} ({size_mb:.1f} MB) |
 | conditions | {conditions} |
-| training data | synthetic characters (`colorjob.synth`), {sketches} characters x 25 colourings |
+| training data | synthetic characters (`colorjob.synth`), {sketches} characters x 25 colourings{families}; style augmentation {augment} |
 | validation | whole characters held out (split by sketch) |
 | best epoch | {epoch} of {epochs} |
 | validation L1 | {val_l1:.4f} (on [-1, 1], the scale of the seed's 0.01685) |
 | validation PSNR | {val_psnr:.2f} dB |
-| condition fidelity | {fidelity} |
+| condition fidelity | {fidelity} on held-out characters |
+| held-out drawing style | {holdout} |
 | trained on | {device} |
 
 How it was made:
@@ -357,21 +363,42 @@ def ship(model_dir: str | Path, dest: str | Path, device: str, commands: list[st
             img.save(preview, optimize=True)
         out = export_generator(
             g, vocab, dest, metrics=meta["metrics"], config=meta["train_config"],
-            dtype=torch.float16, samples=preview,
+            dtype=torch.float16, samples=preview, schedule=meta.get("schedule"),
         )  # fmt: skip
     info = read_model_info(out)
     m, cfg = info["metrics"], info["train_config"]
-    sketches = "?"
+    sketches, families = "?", ""
     if (Path(cfg.get("data", "")) / "metadata.csv").is_file():
         from colorjob.data import read_metadata
 
         sketches = read_metadata(cfg["data"])["input"].nunique()
+        if (Path(cfg["data"]) / "families.csv").is_file():
+            import pandas as pd
+
+            names = sorted(pd.read_csv(Path(cfg["data"]) / "families.csv")["family"].unique())
+            families = f" in the drawing styles {', '.join(names)}"
     fid = m.get("val_fidelity")
+    holdout = "n/a"
+    if m.get("holdout_fidelity") is not None:
+        held = Path(cfg.get("holdout_data") or "")
+        style = "a style never trained on"
+        if (held / "families.csv").is_file():
+            import pandas as pd
+
+            style = (
+                ", ".join(sorted(pd.read_csv(held / "families.csv")["family"].unique()))
+                + " (never trained on)"
+            )
+        holdout = f"{style}: L1 {m['holdout_l1']:.4f}, fidelity {m['holdout_fidelity']:.1%}"
     (out / "MODEL_CARD.md").write_text(
         CARD.format(
             model_id=info["model_id"],
             image_size=info["image_size"],
             ngf=info["ngf"],
+            conditioning=info["conditioning"],
+            families=families,
+            holdout=holdout,
+            augment=f"p = {cfg['augment']}" if cfg.get("augment") else "off",
             params=sum(p.numel() for p in g.parameters()),
             dtype="fp16",
             size_mb=(out / WEIGHTS).stat().st_size / 1e6,

@@ -69,7 +69,13 @@ class FiLM(nn.Module):
 
     ``g`` and ``b`` are one linear map of the ``(B, C)`` condition vector (one embedding per
     condition value, summed over attributes: CLADE's class-wise modulation), zero at start.
+    The map's output is multiplied by :attr:`GAIN` (an equalised learning rate, as StyleGAN's):
+    Adam moves each weight by about the learning rate per step, so without it the modulation
+    could grow only ~0.1 in a few hundred steps, where the seed's input planes reach a channel
+    through a 16-tap kernel.
     """
+
+    GAIN = 16.0
 
     def __init__(self, n_conditions: int, channels: int):
         super().__init__()
@@ -78,7 +84,8 @@ class FiLM(nn.Module):
         nn.init.zeros_(self.to_scale_shift.bias)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.to_scale_shift(cond.to(self.to_scale_shift.weight.dtype)).chunk(2, 1)
+        out = self.to_scale_shift(cond.to(self.to_scale_shift.weight.dtype)) * self.GAIN
+        scale, shift = out.chunk(2, 1)
         return x * (1 + scale[:, :, None, None].to(x.dtype)) + shift[:, :, None, None].to(x.dtype)
 
 

@@ -125,7 +125,7 @@ def model_section(files: Path, model_dir: Path) -> list[str]:
     ]
 
 
-def batch_section(files: Path, batch_dir: Path) -> list[str]:
+def batch_section(files: Path, batch_dir: Path, fidelity: float | None = None) -> list[str]:
     manifest = pd.read_parquet(batch_dir / "manifest.parquet")
     counts = manifest["status"].value_counts()
     summary = (
@@ -158,6 +158,7 @@ def write_report(
     trials_png: Path | None = None,
     model_dir: Path | None = None,
     batch_dir: Path | None = None,
+    batch_fidelity: float | None = None,
     notes: list[str] | None = None,
 ) -> Path:
     """Write ``out/report.html`` (and ``out/report_files/``); returns the page's path.
@@ -181,7 +182,7 @@ def write_report(
     if model_dir is not None and (Path(model_dir) / "model.json").is_file():
         parts += model_section(files, Path(model_dir))
     if batch_dir is not None and (Path(batch_dir) / "manifest.parquet").is_file():
-        parts += batch_section(files, Path(batch_dir))
+        parts += batch_section(files, Path(batch_dir), batch_fidelity)
     page = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"

@@ -11,8 +11,9 @@ from PIL import Image
 from safetensors import safe_open
 
 from colorjob import synth
-from colorjob.data import PairDataset, to_uint8
+from colorjob.data import PairDataset
 from colorjob.export import DEFAULT_MODEL, WEIGHTS, load_generator
+from colorjob.inference import colorize
 from colorjob.metrics import fidelity_hits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,14 +37,9 @@ def test_fidelity_on_new_characters_is_no_worse_than_the_card(tmp_path):
     size = meta["image_size"]
     ds = PairDataset(synth.generate(tmp_path / "new", 3, seed=777, size=size, workers=1), size)
     t = ds.tensors()
-    with torch.inference_mode():
-        fakes = []
-        for i in range(0, len(ds), 25):
-            idx = torch.arange(i, min(i + 25, len(ds)))
-            sk = t["sketches"][t["sketch_index"][idx]].float() / 127.5 - 1
-            fakes.append(to_uint8(g(torch.cat([sk, vocab.planes(t["conditions"][idx], size)], 1))))
+    fakes = colorize(g, t["sketches"], t["conditions"], vocab, t["sketch_index"], 25)
     masks = [{a: ds.mask(s, a) for a in vocab.names} for s in ds.metadata["input"]]
-    fidelity = fidelity_hits(torch.cat(fakes), t["conditions"], masks, vocab).float().mean().item()
+    fidelity = fidelity_hits(fakes, t["conditions"], masks, vocab).float().mean().item()
     assert fidelity >= meta["metrics"]["val_fidelity"] - 0.1, (
         fidelity,
         meta["metrics"]["val_fidelity"],
