@@ -147,7 +147,10 @@ def bytes_written(tmp: Path) -> list[dict]:
         import pandas as pd
 
         v = pd.read_csv(metrics)["val_l1"]
-        best_share, source = float((v < v.cummin().shift(fill_value=float("inf"))).mean()), "runs/default"
+        best_share, source = (
+            float((v < v.cummin().shift(fill_value=float("inf"))).mean()),
+            "runs/default",
+        )
     rows = []
     searches = (  # name, trials, epochs, grace, rf, checkpoint_every (before, after), ngf, ndf, conditioning
         ("quickstart: 4 trials x 2 epochs, 256 px ngf 12", 4, 2, 1, 2, (2, 2), 12, 16, "film"),
@@ -170,7 +173,11 @@ def bytes_written(tmp: Path) -> list[dict]:
             fixed = {e for e in range(1, end + 1) if e % every_before == 0} | {end}
             saves = len(fixed) + best_share * (end - len(fixed))
             before += n * saves * (full + g_bytes)
-            kept = {e for e in range(1, end + 1) if e % every_after == 0} | {r for r in rungs if r <= end} | {end}
+            kept = (
+                {e for e in range(1, end + 1) if e % every_after == 0}
+                | {r for r in rungs if r <= end}
+                | {end}
+            )
             after += n * len(kept) * (full + g_bytes)
         rows.append({"part": "bytes", "way": name, "before GB": before / 1e9, "after GB": after / 1e9,
                      "before/after": before / after, "new-best share": f"{best_share:.2f} ({source})"})  # fmt: skip

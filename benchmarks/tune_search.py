@@ -56,7 +56,7 @@ def methods(a) -> dict:
         "PBT": {
             "searcher": "random",
             "num_samples": half,
-            "scheduler": {"pbt": {"perturbation_interval": 2}},
+            "scheduler": {"pbt": {"perturbation_interval": 2, "quantile_fraction": 0.5}},
             "epochs": a.epochs * a.trials // half,
         },  # fmt: skip
     }

@@ -69,6 +69,10 @@ class PBT:
     perturbation_interval: int = 2  # epochs; checkpoints are written at least as often
     quantile_fraction: float = 0.25  # the bottom quarter copies the top quarter
     resample_probability: float = 0.25  # explore: draw a setting anew instead of x0.8 / x1.2
+    # synch: every trial waits at each perturbation point until all have reached it, so the
+    # whole population is ranked at once (small populations: without it, trials ranked against
+    # others' older scores may never land in the bottom quantile)
+    synch: bool = True
 
     def __post_init__(self) -> None:
         cfgmod.check_range("perturbation_interval", self.perturbation_interval, 1)
@@ -306,7 +310,7 @@ def _scheduler(cfg: TuneConfig, space: dict):
         return PopulationBasedTraining(
             time_attr="epoch", perturbation_interval=s.pbt.perturbation_interval,
             hyperparam_mutations=space, quantile_fraction=s.pbt.quantile_fraction,
-            resample_probability=s.pbt.resample_probability,
+            resample_probability=s.pbt.resample_probability, synch=s.pbt.synch,
         )  # fmt: skip
     if not s.asha:
         return FIFOScheduler()
@@ -375,7 +379,7 @@ def build_tuner(cfg: TuneConfig, resume: bool = False):
             storage_filesystem=fs,  # endpoint and credentials resolved the colorjob way
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=1 if cfg.scheduler.pbt is None else 2
+                num_to_keep=1 if cfg.scheduler.pbt is None else 4
             ),
             verbose=1,
         ),

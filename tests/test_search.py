@@ -47,7 +47,7 @@ def pbt_spec(tmp_path: Path, chars: Path, **kw) -> dict:
     base = {
         "name": "pbt", "storage_path": str(tmp_path / "results"), "num_samples": 4,
         "max_concurrent_trials": 2, "resources": {"cpu": 1}, "searcher": "random", "seed": 3,
-        "scheduler": {"pbt": {"perturbation_interval": 2, "quantile_fraction": 0.25, "resample_probability": 0.5}},
+        "scheduler": {"pbt": {"perturbation_interval": 2, "quantile_fraction": 0.5, "resample_probability": 0.5}},
         "search": {"lr_g": {"loguniform": [2e-5, 2e-3]}, "lambda_l1": {"loguniform": [5.0, 300.0]}},
         "max_failures": 0,
         "train": {"data": str(chars), "image_size": 32, "ngf": 8, "ndf": 8, "epochs": 6, "batch_size": 8,
