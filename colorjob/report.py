@@ -135,11 +135,12 @@ def batch_section(files: Path, batch_dir: Path, fidelity: float | None = None) -
     )
     failed = manifest[manifest["status"] == "failed"].drop_duplicates("input")[["input", "error"]]
     statuses = ("ok", "skipped", "failed")
+    cards = [(k, str(int(counts.get(k, 0))), "bad" if k == "failed" else "ok") for k in statuses]
+    if fidelity is not None:  # measured on the outputs, from the new characters' masks
+        cards.append(("condition fidelity on these characters", f"{fidelity:.1%}", "ok" if fidelity >= 0.95 else "bad"))  # fmt: skip
     return [
         "<h2>Batch colorization</h2>",
-        _cards(
-            [(k, str(int(counts.get(k, 0))), "bad" if k == "failed" else "ok") for k in statuses]
-        ),
+        _cards(cards),
         f"<p>{manifest['input'].nunique()} sketches × {manifest['variant'].nunique()} variants. "
         f'<span class="muted">{html.escape(str(batch_dir))}</span></p>',
         _table(summary),

@@ -46,6 +46,22 @@ def test_fidelity_on_new_characters_is_no_worse_than_the_card(tmp_path):
     )
 
 
+def test_fidelity_on_a_drawing_style_it_never_saw_is_no_worse_than_the_card(tmp_path):
+    """New characters in the held-out style (chibi: other proportions), other seeds than the
+    card's held-out set."""
+    g, vocab, meta = load_generator(DEFAULT_MODEL)
+    size = meta["image_size"]
+    assert meta["metrics"]["holdout_fidelity"] >= 0.95  # the card's figure meets the goal
+    data = synth.generate(tmp_path / "chibi", 2, seed=4242, size=size, workers=1, families=("chibi",))  # fmt: skip
+    assert set(pd.read_csv(data / "families.csv")["family"]) == {"chibi"}
+    ds = PairDataset(data, size)
+    t = ds.tensors()
+    fakes = colorize(g, t["sketches"], t["conditions"], vocab, t["sketch_index"], 25)
+    masks = [{a: ds.mask(s, a) for a in vocab.names} for s in ds.metadata["input"]]
+    fidelity = fidelity_hits(fakes, t["conditions"], masks, vocab).float().mean().item()
+    assert fidelity >= meta["metrics"]["holdout_fidelity"] - 0.1, fidelity
+
+
 def test_batch_works_out_of_the_box_on_the_examples(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "colorjob.batch", "--input", "examples/sketches", "--conditions", "configs/grid.csv", "--output", str(tmp_path / "out")],
