@@ -548,6 +548,22 @@ def claim_experiment(cfg: TuneConfig, resume: bool, force: bool = False) -> None
     storage.write_atomic(fs, saved, cfgmod.dump(cfg).encode())
 
 
+def fit_concurrency(cfg: TuneConfig) -> TuneConfig:
+    """On a private local Ray (no cluster to grow), run only as many multi-worker trials at once
+    as their workers fit: Ray Train starts a trial's workers after Tune has started the trial,
+    so trials that do not fit wait on each other's worker groups instead of queueing in Tune."""
+    import ray
+
+    if cfg.resources.workers == 1 or os.environ.get("RAY_ADDRESS"):
+        return cfg
+    cpus = ray.cluster_resources().get("CPU", 0)
+    fit = max(1, int(cpus // (cfg.resources.workers * cfg.resources.cpu)))
+    if fit < cfg.max_concurrent_trials:
+        log.info(f"{fit} trial(s) of {cfg.resources.workers} workers fit this machine's {cpus:g} CPUs: max_concurrent_trials {cfg.max_concurrent_trials} -> {fit}")  # fmt: skip
+        cfg = dataclasses.replace(cfg, max_concurrent_trials=fit)
+    return cfg
+
+
 def run(cfg: TuneConfig, resume: bool = False, force: bool = False) -> Path | str | None:
     """Start (or resume) the search on the Ray that is there (or a local one); returns best/."""
     from colorjob.cluster import connect
@@ -564,6 +580,7 @@ def run(cfg: TuneConfig, resume: bool = False, force: bool = False) -> Path | st
         read_metadata(cfg.train.data)  # a bad dataset fails here, not in every trial
     search_space(cfg)
     connect()
+    cfg = fit_concurrency(cfg)
     tuner = build_tuner(cfg, resume=resume)
     results = tuner.fit()
     best = finish(results, cfg)

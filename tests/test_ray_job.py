@@ -72,8 +72,12 @@ def submit(env: dict, address: str, entrypoint: list[str]) -> None:
         str(ROOT),
         "--",
     ]
-    r = subprocess.run([*cmd, *entrypoint], env=env, capture_output=True, text=True, timeout=600)
-    out = r.stdout + r.stderr
+    for _ in range(30):  # the job agent on the node registers a little after the job server
+        r = subprocess.run([*cmd, *entrypoint], env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+        out = r.stdout + r.stderr
+        if "No available agent to submit job" not in out:
+            break
+        time.sleep(2)
     assert r.returncode == 0 and "succeeded" in out.lower(), out[-4000:]
 
 
