@@ -63,10 +63,10 @@ fi
 if [ "$part" = scale ] || [ "$part" = all ]; then
   # Streamed vs in-memory training at 256 px in bf16 (goal: streaming keeps the GPU >= 90 % busy
   # at batch 16), with the GPU busy share of each.
-  $py -m colorjob.synth --out "$OUT/d40" --sketches 40 --size 256
+  $py -m colorjob.synth --out "$OUT/d40" --sketches 40 --size $size
   for mode in memory stream; do
-    busy $py -m colorjob.train --data "$OUT/d40" --out "$OUT/scale-$mode" --image-size 256 --epochs 3 --batch-size 16 \
-      --mixed-precision $prec --set data_mode=$mode --set loader_workers=8 --set checkpoint_every=3 \
+    busy $py -m colorjob.train --data "$OUT/d40" --out "$OUT/scale-$mode" --image-size $size --epochs 3 --batch-size 16 \
+      --mixed-precision $prec --set ngf=$ngf --set ndf=$ngf --set data_mode=$mode --set loader_workers=8 --set checkpoint_every=3 \
       --set eval_every=3 --set sample_every=3 2>&1 | tail -3 | tee "$OUT/scale_$mode.txt"
   done
 fi
