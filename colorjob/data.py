@@ -369,6 +369,8 @@ class StreamedPairs(torch.utils.data.IterableDataset):
         self.outputs = ds.metadata["output"].to_numpy()
         self.conditions = ds.conditions
         self.sketches = list(pd.unique(ds.metadata["input"]))
+        rows = pd.Series(np.arange(len(self.inputs)))
+        self.by_sketch = rows.groupby(self.inputs).apply(list).to_dict()  # sketch -> its rows
         self.batch_size, self.seed, self.window, self.rank, self.world = batch_size, seed, window, rank, world  # fmt: skip
         self.epoch = 1
 
@@ -379,12 +381,11 @@ class StreamedPairs(torch.utils.data.IterableDataset):
         """This process's batches of this epoch, as row indices (the same in every worker)."""
         rng = np.random.default_rng(epoch_seed(self.seed, self.epoch))
         order = rng.permutation(len(self.sketches))
-        by_sketch = (
-            pd.Series(np.arange(len(self.inputs))).groupby(self.inputs).apply(list).to_dict()
-        )
         rows = []
         for w in range(0, len(order), self.window):
-            chunk = [i for k in order[w : w + self.window] for i in by_sketch[self.sketches[k]]]
+            chunk = [
+                i for k in order[w : w + self.window] for i in self.by_sketch[self.sketches[k]]
+            ]
             rows.extend(rng.permutation(chunk).tolist())
         batches = [rows[b : b + self.batch_size] for b in range(0, len(rows), self.batch_size)]
         if self.world > 1:  # full batches only, the same number for every process

@@ -38,6 +38,7 @@ def worker_loop(config: dict) -> None:
     import torch
 
     from colorjob.train import NonFiniteLossError, TrainConfig, train
+    from colorjob.tune import folder_bytes, score
 
     context = ray.train.get_context()
     threads = max(1, int(config.get("threads", 1)))
@@ -67,7 +68,7 @@ def worker_loop(config: dict) -> None:
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
         metrics = {k: v for k, v in metrics.items() if v is not None} | {"reported_at": time.time()}
         if weight is not None:  # the Tune search's "score"
-            metrics["score"] = metrics["val_l1"] + weight * (1.0 - metrics.get("val_fidelity", 0.0))
+            metrics["score"] = score(metrics, weight)
         if checkpoint_dir is None:  # every rank reports; only rank 0 has a checkpoint
             ray.train.report(metrics)
             return
@@ -79,7 +80,7 @@ def worker_loop(config: dict) -> None:
                     shutil.copytree(run / name, Path(tmp) / name)
                 elif (run / name).is_file():
                     shutil.copyfile(run / name, Path(tmp) / name)
-            metrics["checkpoint_bytes"] = sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file())  # fmt: skip
+            metrics["checkpoint_bytes"] = folder_bytes(Path(tmp))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     try:

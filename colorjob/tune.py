@@ -174,9 +174,15 @@ def search_space(cfg: TuneConfig) -> dict:
     return space
 
 
-def score(metrics: dict, cfg: TuneConfig) -> float:
+def score(metrics: dict, fidelity_weight: float) -> float:
+    """The search's ``score``: val L1 plus ``fidelity_weight`` x the share of wrong colours."""
     fid = metrics.get("val_fidelity")
-    return metrics["val_l1"] + cfg.fidelity_weight * (1.0 - (fid if fid is not None else 0.0))
+    return metrics["val_l1"] + fidelity_weight * (1.0 - (fid if fid is not None else 0.0))
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files under ``folder`` (a checkpoint about to be reported)."""
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
 
 
 # ---- one trial (runs in a Ray worker) ----------------------------------------------------------
@@ -202,7 +208,7 @@ def train_gan(params: dict, base: dict, tune_cfg: dict) -> None:
 
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
         metrics = {k: v for k, v in metrics.items() if v is not None}
-        metrics["score"] = score(metrics, cfg)
+        metrics["score"] = score(metrics, cfg.fidelity_weight)
         metrics["reported_at"] = time.time()  # orders reports across trials (benchmarks)
         metrics["checkpoint_bytes"] = 0
         if checkpoint_dir is None:
@@ -212,7 +218,7 @@ def train_gan(params: dict, base: dict, tune_cfg: dict) -> None:
             _link_or_copy(checkpoint_dir / "last.pt", Path(tmp) / "last.pt")
             if (out / "best").is_dir():
                 shutil.copytree(out / "best", Path(tmp) / "best")
-            metrics["checkpoint_bytes"] = sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file())  # fmt: skip
+            metrics["checkpoint_bytes"] = folder_bytes(Path(tmp))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     try:
