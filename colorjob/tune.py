@@ -30,6 +30,7 @@ import pandas as pd
 
 from colorjob import cli, storage
 from colorjob import config as cfgmod
+from colorjob.checkpoint import pack_best, unpack_best
 from colorjob.models import num_downs_for
 from colorjob.train import NonFiniteLossError, TrainConfig, train
 
@@ -204,7 +205,7 @@ def train_gan(params: dict, base: dict, tune_cfg: dict) -> None:
         resume = restored / "last.pt"
         shutil.rmtree(out / "best", ignore_errors=True)  # the checkpoint's best/ goes with it
         if (restored / "best").is_dir():
-            shutil.copytree(restored / "best", out / "best")
+            unpack_best(restored, out / "best")
 
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
         metrics = {k: v for k, v in metrics.items() if v is not None}
@@ -216,8 +217,8 @@ def train_gan(params: dict, base: dict, tune_cfg: dict) -> None:
             return
         with tempfile.TemporaryDirectory(dir=out) as tmp:  # last.pt + best/, not best.pt too
             _link_or_copy(checkpoint_dir / "last.pt", Path(tmp) / "last.pt")
-            if (out / "best").is_dir():
-                shutil.copytree(out / "best", Path(tmp) / "best")
+            if (out / "best").is_dir():  # its weights only when they are not last.pt's
+                pack_best(out / "best", Path(tmp) / "best", metrics["epoch"])
             metrics["checkpoint_bytes"] = folder_bytes(Path(tmp))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
@@ -470,8 +471,8 @@ def finish(results, cfg: TuneConfig) -> Path | str | None:
         log.warning("the best trial saved no checkpoint: nothing to export")
         return None
     dest = storage.join(exp, "best")
-    with ckpt.as_directory() as d:
-        publish(Path(d) / "best", dest)  # replaces best/ as a unit: it never vanishes
+    with ckpt.as_directory() as d, tempfile.TemporaryDirectory() as tmp:
+        publish(unpack_best(Path(d), Path(tmp) / "best"), dest)  # as a unit: it never vanishes
     return Path(dest) if not storage.is_uri(dest) else dest
 
 
@@ -487,10 +488,13 @@ def _worker_checkpoint(result):
 
 
 def prepare_data(cfg: TuneConfig) -> TuneConfig:
-    """Absolute data path (trials run elsewhere); generate a synthetic set if asked and missing."""
+    """Absolute data and storage paths (trials run in folders of their own: a relative path there
+    is another place); generate a synthetic set if asked and missing."""
     data = (
         cfg.train.data if storage.is_uri(cfg.train.data) else str(Path(cfg.train.data).absolute())
     )
+    if not storage.is_uri(cfg.storage_path):
+        cfg = dataclasses.replace(cfg, storage_path=str(Path(cfg.storage_path).absolute()))
     fs, root = storage.resolve(data)
     missing = not storage.exists(fs, storage.join(root, "metadata.csv"))
     if missing and cfg.generate_data is not None:
@@ -585,7 +589,12 @@ def run(cfg: TuneConfig, resume: bool = False, force: bool = False) -> Path | st
     else:
         read_metadata(cfg.train.data)  # a bad dataset fails here, not in every trial
     search_space(cfg)
-    connect()
+    # Tune ends a multi-worker trial (ASHA's stop, PBT's exploit, the last epoch) by killing its
+    # actor, and with it the trial's Ray Train controller; the controller's worker placement group
+    # outlives it until Ray Train's PlacementGroupCleaner sees the controller dead through Ray's
+    # State API, which the dashboard serves (ray-project/ray#54305). Without it the next trial's
+    # workers wait forever for CPUs held by nobody. A cluster's `ray start` has the dashboard.
+    connect(include_dashboard=cfg.resources.workers > 1)
     cfg = fit_concurrency(cfg)
     tuner = build_tuner(cfg, resume=resume)
     results = tuner.fit()

@@ -1,6 +1,7 @@
 """Bigger than one device or memory: Ray Train workers per trial, and data streamed from files."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,11 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from colorjob import config as cfgmod
 from colorjob import synth
 from colorjob.export import read_model_info
 from colorjob.train import METRIC_COLUMNS, TrainConfig, train
-from colorjob.tune import TuneConfig, run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,30 +25,39 @@ def shards(folder: Path) -> dict:
     return out
 
 
-def test_a_two_worker_trial_in_a_search_shards_its_data_and_reports_as_one(
-    local_ray, tmp_path, chars
-):
+def test_a_search_of_two_worker_trials_runs_from_the_command_line_with_asha(tmp_path, chars):
+    """The issue's done-when command on a tiny dataset: its own private Ray with 2 CPUs, so the
+    two-worker trials run one at a time. ASHA ends every trial by killing its actor (and with it
+    the trial's Ray Train controller): the next trial's workers must still get the CPUs."""
+    import yaml
+
     log = tmp_path / "shards"
     spec = {
-        "name": "workers", "storage_path": str(tmp_path / "results"), "num_samples": 2,
-        "max_concurrent_trials": 1, "resources": {"workers": 2, "cpu_per_worker": 1},
-        "scheduler": {"asha": False}, "max_failures": 0,
-        "search": {"lr_g": {"choice": [2e-4, 1e-4]}},
+        "name": "workers", "storage_path": "results", "num_samples": 3,  # relative: to the cwd
+        "max_concurrent_trials": 2, "resources": {"workers": 2, "cpu_per_worker": 1},
+        "scheduler": {"asha": True, "grace_period": 1, "reduction_factor": 2}, "max_failures": 0,
+        "search": {"lr_g": {"choice": [2e-4, 1e-4, 5e-4]}},
         "train": {"data": str(chars), "image_size": 32, "ngf": 8, "ndf": 8, "epochs": 2, "batch_size": 8,
                   "val_fraction": 0.25, "shard_log": str(log)},
     }  # fmt: skip
-    best = run(cfgmod.from_dict(TuneConfig, spec))
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(spec))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a private Ray
+    cmd = [sys.executable, str(ROOT / "jobs" / "tune.py"), "--config", str(tmp_path / "tune.yaml"), "--set", "resources.workers=2"]  # fmt: skip
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "max_concurrent_trials 2 -> 1" in r.stdout + r.stderr  # two workers fill 2 CPUs
     exp = tmp_path / "results" / "workers"
     table = pd.read_csv(exp / "trials.csv")
-    assert (
-        len(table) == 2 and (table["status"] == "completed").all() and (table["epochs"] == 2).all()
-    )
-    info = read_model_info(best)
+    assert len(table) == 3 and (table["status"] == "completed").all()
+    assert set(table["epochs"]) <= {1, 2} and 2 in set(table["epochs"])  # ASHA ran, stopped some
+    info = read_model_info(exp / "best")
     assert info["metrics"]["val_l1"] == pytest.approx(table["val_l1"].min(), rel=1e-6)
     for result in exp.glob("*/result.json"):  # the same per-epoch metrics as a one-worker trial
         rows = [json.loads(x) for x in result.read_text().splitlines() if x.strip()]
-        assert [r["epoch"] for r in rows] == [1, 2]
+        assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
         assert set(METRIC_COLUMNS) - {"seconds", "holdout_l1", "holdout_fidelity"} <= set(rows[-1])
+    # Ray Train's checkpoints of every trial in the experiment, not in a trial's working folder
+    assert len(list((exp / "workers").glob("workers-*/checkpoint_*"))) >= 3
     seen = shards(log)
     assert {rank for _, rank in seen} == {0, 1}
     for epoch in (1, 2):  # two processes, disjoint halves of the epoch
