@@ -137,8 +137,10 @@ def bytes_written(tmp: Path) -> list[dict]:
     and both Adam states in fp32, plus the best generator each Tune checkpoint carries) and the
     epochs at which it writes them. Before: every ``checkpoint_every`` epochs, at the end and at
     every new best (the share of epochs that set one is taken from a real run, runs/default, when
-    it is there). After: at ``checkpoint_every``, the ASHA rungs and the end. ASHA stops all but
-    1/reduction_factor of the trials at each rung, in both."""
+    it is there). After: at ``checkpoint_every``, the ASHA rungs and the end, and the best
+    generator only in checkpoints whose epoch set no new best (otherwise it is last.pt's own
+    generator: ``checkpoint.pack_best``). ASHA stops all but 1/reduction_factor of the trials at
+    each rung, in both."""
     from colorjob.models import build_discriminator, build_generator
 
     best_share, source = 0.5, "assumed"
@@ -178,7 +180,8 @@ def bytes_written(tmp: Path) -> list[dict]:
                 | {r for r in rungs if r <= end}
                 | {end}
             )
-            after += n * len(kept) * (full + g_bytes)
+            # the best generator travels only where it is not the checkpoint's own (no new best)
+            after += n * len(kept) * (full + (1 - best_share) * g_bytes)
         rows.append({"part": "bytes", "way": name, "before GB": before / 1e9, "after GB": after / 1e9,
                      "before/after": before / after, "new-best share": f"{best_share:.2f} ({source})"})  # fmt: skip
     return rows

@@ -12,6 +12,7 @@ nondeterminism).
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 from pathlib import Path
@@ -90,6 +91,46 @@ def load(path: str | Path) -> dict:
             f"{VERSION}: upgrade colorjob"
         )
     return state
+
+
+# ---- the best generator inside a search's checkpoints -------------------------------------------
+#: In a checkpoint's ``best/`` in place of the weights when they are the checkpoint's own generator.
+BEST_IN_LAST = "generator.in-last.pt"
+
+
+def pack_best(best: Path, dest: Path, epoch: int) -> None:
+    """Copy the exported best generator ``best`` into a checkpoint folder as ``dest``. When it is
+    the checkpoint's own generator (the best epoch is this checkpoint's ``epoch``) its weights are
+    left out: :func:`unpack_best` makes them again from ``last.pt``, byte for byte."""
+    from colorjob.export import META, WEIGHTS
+
+    meta = json.loads((best / META).read_text())
+    own = meta.get("metrics", {}).get("epoch") == epoch
+    shutil.copytree(best, dest, ignore=shutil.ignore_patterns(WEIGHTS) if own else None)
+    if own:
+        (dest / BEST_IN_LAST).write_text(meta["model_id"] + "\n")
+
+
+def unpack_best(folder: Path, dest: Path) -> Path:
+    """Write the whole ``best/`` of checkpoint folder ``folder`` (made by :func:`pack_best`) to
+    ``dest``, as a unit; the ``model_id`` proves weights made again from ``last.pt``."""
+    from colorjob.export import META, WEIGHTS, model_id, weights_file
+
+    src = folder / "best"
+    with storage.replacing_dir(Path(dest)) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(BEST_IN_LAST))
+        if (src / BEST_IN_LAST).is_file():
+            meta = json.loads((src / META).read_text())
+            dtype = getattr(torch, meta.get("dtype", "float32"))
+            weights = weights_file(load(folder / LAST)["generator"], dtype)
+            if model_id(weights) != meta["model_id"]:
+                raise CheckpointError(
+                    f"{folder}: its best/ is the generator of last.pt (model_id "
+                    f"{meta['model_id']}), but last.pt's generator hashes to {model_id(weights)}: "
+                    "the checkpoint is damaged or mixed; resume from another one"
+                )
+            (tmp / WEIGHTS).write_bytes(weights)
+    return Path(dest)
 
 
 def check_compatible(config: dict, state: dict) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from colorjob import config as cfgmod
 from colorjob import storage
+from colorjob.checkpoint import LAST, pack_best, unpack_best
 
 log = logging.getLogger(__name__)
 #: What rank 0 puts into each checkpoint besides last.pt: enough to make the run folder again.
@@ -62,6 +63,9 @@ def worker_loop(config: dict) -> None:
             checkpoint.to_directory(str(scratch / f"restored-{context.get_world_rank()}"))
         )
         resume = restored / "last.pt"
+        if context.get_world_rank() == 0:  # the run folder as it was then (best/ included)
+            shutil.rmtree(cfg.out, ignore_errors=True)
+            unpack_run(restored, Path(cfg.out))
 
     weight = config.get("fidelity_weight")
 
@@ -76,8 +80,8 @@ def worker_loop(config: dict) -> None:
             os.link(checkpoint_dir / "last.pt", Path(tmp) / "last.pt")
             run = Path(cfg.out)
             for name in RUN_FILES:
-                if (run / name).is_dir():
-                    shutil.copytree(run / name, Path(tmp) / name)
+                if name == "best" and (run / name).is_dir():  # weights only if not last.pt's
+                    pack_best(run / name, Path(tmp) / name, metrics["epoch"])
                 elif (run / name).is_file():
                     shutil.copyfile(run / name, Path(tmp) / name)
             metrics["checkpoint_bytes"] = folder_bytes(Path(tmp))
@@ -87,6 +91,19 @@ def worker_loop(config: dict) -> None:
         train(cfg, resume=resume or False, report=report, overwrite=resume is None)
     except NonFiniteLossError as e:
         raise RuntimeError(f"training stopped: {e}") from None
+
+
+def unpack_run(folder: Path, out: Path) -> None:
+    """A run folder from one of its Ray Train checkpoints: ``last.pt`` into ``checkpoints/``,
+    ``best/`` made whole, the rest as it is; each file replaced atomically."""
+    for f in folder.rglob("*"):
+        if f.is_file() and f.relative_to(folder).parts[0] != "best":
+            target = out / ("checkpoints" if f.name == LAST else "") / f.relative_to(folder)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with storage.replacing(target) as tmp:
+                shutil.copyfile(f, tmp)
+    if (folder / "best").is_dir():
+        unpack_best(folder, out / "best")
 
 
 def trainer(train_cfg: dict, name: str, storage_path: str, workers: int, cpus: float, gpus: float,
@@ -134,11 +151,6 @@ def train_on_ray(cfg, workers: int, cpus: float = 1.0, gpus: float = 0.0, resume
     ).fit()
     if result.checkpoint is not None:
         with result.checkpoint.as_directory() as d:
-            for f in Path(d).rglob("*"):
-                if f.is_file():
-                    target = out / ("checkpoints" if f.name == "last.pt" else "") / f.relative_to(d)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    with storage.replacing(target) as tmp:
-                        tmp.write_bytes(f.read_bytes())
+            unpack_run(Path(d), out)
     log.info(f"trained on {workers} Ray Train workers; run folder: {out}")
     return result.metrics or {}

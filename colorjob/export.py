@@ -45,6 +45,16 @@ def model_id(weights: bytes) -> str:
     return hashlib.sha256(weights).hexdigest()[:16]
 
 
+def weights_file(state_dict: dict, dtype: torch.dtype = torch.float32) -> bytes:
+    """The bytes of ``generator.safetensors`` for a generator's state dict (floats as ``dtype``).
+    The same state gives the same bytes, hence the same ``model_id``."""
+    state = {
+        k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
+        for k, v in state_dict.items()
+    }
+    return save(state)
+
+
 def export_generator(
     generator: Generator,
     vocab: ConditionVocab,
@@ -62,11 +72,7 @@ def export_generator(
     ``lambda_l1``, ``lambda_adv``, ``tag``: under PBT they change, and the tag says which trial
     trained that epoch).
     """
-    state = {
-        k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
-        for k, v in generator.state_dict().items()
-    }
-    weights = save(state)
+    weights = weights_file(generator.state_dict(), dtype)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -276,3 +276,32 @@ def test_the_same_loop_runs_distributed_on_two_cpu_processes(tiny_cfg, tmp_path)
     assert r.stdout.count("best epoch") == 1  # one summary, not one per process
     assert pd.read_csv(tmp_path / "ddp" / "metrics.csv")["epoch"].tolist() == [1, 2]
     assert load_checkpoint(tmp_path / "ddp" / "checkpoints")["epoch"] == 2
+
+
+def test_a_checkpoint_carries_the_best_generator_only_when_it_is_not_its_own(trained, tmp_path):
+    """Search checkpoints leave out best/'s weights when they are last.pt's generator (same
+    epoch), and get them back byte for byte; a last.pt that does not match is refused."""
+    from colorjob import checkpoint
+    from colorjob.export import WEIGHTS, read_model
+
+    cfg, summary = trained
+    run, best_epoch = Path(cfg.out), summary["best_epoch"]
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "last.pt").write_bytes((run / "checkpoints" / "best.pt").read_bytes())  # same epoch
+    checkpoint.pack_best(run / "best", folder / "best", best_epoch)
+    assert not (folder / "best" / WEIGHTS).exists()
+    assert (folder / "best" / checkpoint.BEST_IN_LAST).is_file()
+    whole = checkpoint.unpack_best(folder, tmp_path / "whole")
+    assert (whole / WEIGHTS).read_bytes() == (run / "best" / WEIGHTS).read_bytes()
+    assert not (whole / checkpoint.BEST_IN_LAST).exists() and read_model(whole)
+    other = tmp_path / "other"  # a checkpoint of a later epoch keeps the weights
+    checkpoint.pack_best(run / "best", other, best_epoch + 1)
+    assert (other / WEIGHTS).read_bytes() == (run / "best" / WEIGHTS).read_bytes()
+    state = checkpoint.load(folder / "last.pt")  # a last.pt of other weights
+    name = next(k for k, v in state["generator"].items() if v.is_floating_point())
+    state["generator"][name] += 1
+    checkpoint.save(state, folder / "last.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="model_id"):
+        checkpoint.unpack_best(folder, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
