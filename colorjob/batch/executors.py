@@ -138,15 +138,16 @@ def run_ray(
     decode_memory = cfg.max_pixels * DECODE_BYTES_PER_PIXEL
     model_memory = 4 * len(model[1]) + spec.batch_size * spec.size**2 * 3 * 16
     work = {"model": model_ref, "spec": spec, "threads": placement.threads}
+    # Ray Data retries a task lost with its node without limit by default (max_retries -1).
     if placement.kind == "fused":
         ds = ds.map_batches(
             fused_task, fn_kwargs=work, batch_size=per_block, batch_format="numpy",
-            num_cpus=placement.cpus, memory=decode_memory + model_memory, max_retries=-1,
+            num_cpus=placement.cpus, memory=decode_memory + model_memory,
         )  # fmt: skip
     else:
         ds = ds.map_batches(
             decode_stage, fn_kwargs={"spec": spec}, batch_size=8, batch_format="numpy",
-            num_cpus=1, memory=decode_memory, max_retries=-1,
+            num_cpus=1, memory=decode_memory,
         )  # fmt: skip
         ds = ds.map_batches(
             ColorizeStage, fn_constructor_kwargs=work, batch_size=per_block, batch_format="numpy",
@@ -155,7 +156,7 @@ def run_ray(
         )  # fmt: skip
         ds = ds.map_batches(
             encode_stage, fn_kwargs={"spec": spec}, batch_size=spec.batch_size,
-            batch_format="numpy", num_cpus=1, max_retries=-1,
+            batch_format="numpy", num_cpus=1,
         )  # fmt: skip
     for counts in ds.iter_batches(batch_size=None, batch_format="numpy"):
         progress(int(counts["ok"].sum()), int(counts["failed"].sum()))
