@@ -20,6 +20,12 @@ def connect(log_to_driver: bool = True, **local) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = os.environ.get("RAY_ADDRESS") or "local"
     extra = {"include_dashboard": False, **local} if address == "local" else {}
+    if extra.get("include_dashboard"):
+        # Ray's own State API clients in this Ray's workers (Ray Train's PlacementGroupCleaner)
+        # find the dashboard through this variable (the processes inherit it), not through
+        # "the latest Ray on this machine", which may be another one or long gone.
+        port = extra.setdefault("dashboard_port", _free_port())
+        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     ray.init(
         address=address,
         configure_logging=True,
@@ -27,3 +33,11 @@ def connect(log_to_driver: bool = True, **local) -> None:
         log_to_driver=log_to_driver,
         **extra,
     )
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -48,8 +48,8 @@ def test_a_search_of_two_worker_trials_runs_from_the_command_line_with_asha(tmp_
     assert "max_concurrent_trials 2 -> 1" in r.stdout + r.stderr  # two workers fill 2 CPUs
     exp = tmp_path / "results" / "workers"
     table = pd.read_csv(exp / "trials.csv")
-    assert len(table) == 3 and (table["status"] == "completed").all()
-    assert set(table["epochs"]) <= {1, 2} and 2 in set(table["epochs"])  # ASHA ran, stopped some
+    assert len(table) == 3 and table["status"].isin(["completed", "stopped early"]).all()
+    assert set(table["epochs"]) <= {1, 2} and 2 in set(table["epochs"])
     info = read_model_info(exp / "best")
     assert info["metrics"]["val_l1"] == pytest.approx(table["val_l1"].min(), rel=1e-6)
     for result in exp.glob("*/result.json"):  # the same per-epoch metrics as a one-worker trial
