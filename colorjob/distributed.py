@@ -38,9 +38,6 @@ def worker_loop(config: dict) -> None:
     import ray.train
     import torch
 
-    from colorjob.train import NonFiniteLossError, TrainConfig, train
-    from colorjob.tune import folder_bytes, score
-
     context = ray.train.get_context()
     threads = max(1, int(config.get("threads", 1)))
     torch.set_num_threads(threads)
@@ -54,17 +51,28 @@ def worker_loop(config: dict) -> None:
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")  # unused: the group already exists
     if not torch.cuda.is_available():  # Accelerate takes a CPU group only when told it is on CPUs
         os.environ["ACCELERATE_USE_CPU"] = "true"
-    scratch = Path(tempfile.gettempdir()) / "colorjob-train" / context.get_experiment_name()
+    # This process's own folder (concurrent runs and restarts never share one), gone at the end:
+    # what outlives the process is in Ray Train's checkpoints.
+    scratch = Path(tempfile.mkdtemp(prefix="colorjob-train-"))
+    try:
+        _train(config, scratch, context.get_world_rank())
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _train(config: dict, scratch: Path, rank: int) -> None:
+    import ray.train
+
+    from colorjob.train import NonFiniteLossError, TrainConfig, train
+    from colorjob.tune import folder_bytes, score
+
     cfg = cfgmod.from_dict(TrainConfig, config["train"] | {"out": str(scratch / "run")})
     resume = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # a restart after a failure: from the latest checkpoint
-        restored = Path(
-            checkpoint.to_directory(str(scratch / f"restored-{context.get_world_rank()}"))
-        )
+        restored = Path(checkpoint.to_directory(str(scratch / "restored")))
         resume = restored / "last.pt"
-        if context.get_world_rank() == 0:  # the run folder as it was then (best/ included)
-            shutil.rmtree(cfg.out, ignore_errors=True)
+        if rank == 0:  # the run folder as it was then (best/ included)
             unpack_run(restored, Path(cfg.out))
 
     weight = config.get("fidelity_weight")

@@ -85,6 +85,48 @@ def test_train_on_two_ray_train_workers_brings_the_run_folder_back(local_ray, ti
         train_on_ray(cfg, workers=2)
 
 
+def test_a_killed_worker_restarts_the_group_from_its_checkpoint_with_the_run_folder(
+    local_ray, tiny_cfg, tmp_path
+):
+    """One of two Ray Train workers is killed once a checkpoint is registered (Ray Train's
+    controller records reported checkpoints every few seconds, in its snapshot file): the group
+    restarts from it (epochs 1-2 are not trained again) and the run folder comes back whole."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from ray._private.state import actors
+
+    from colorjob.distributed import train_on_ray
+    from colorjob.export import read_model
+
+    out, log = tmp_path / "run", tmp_path / "shards"
+    cfg = tiny_cfg(out=out, shard_log=str(log), epochs=10, checkpoint_every=2)
+    killed = []
+
+    def kill_a_worker():
+        deadline = time.time() + 300
+        registered = out / ".ray-train" / "run" / "checkpoint_manager_snapshot.json"
+        while time.time() < deadline and not registered.exists():
+            time.sleep(0.05)
+        workers = [a["Pid"] for a in actors().values() if a["ActorClassName"] == "RayTrainWorker" and a["State"] == "ALIVE"]  # fmt: skip
+        killed.append(time.time())
+        os.kill(workers[-1], signal.SIGKILL)  # a worker of this test's own Ray
+
+    watcher = threading.Thread(target=kill_a_worker, daemon=True)
+    watcher.start()
+    metrics = train_on_ray(cfg, workers=2)
+    watcher.join(timeout=5)
+    assert killed and metrics["epoch"] == 10
+    history = pd.read_csv(out / "metrics.csv")
+    assert list(history["epoch"]) == list(range(1, 11))
+    when = {e: (log / f"epoch{e:03d}-rank0.json").stat().st_mtime for e in range(1, 11)}
+    assert when[1] < killed[0] and when[2] < killed[0] < when[10], (killed, when)  # not from 1
+    meta, _ = read_model(out / "best")  # whole: weights made again where packed, id checked
+    assert meta["metrics"]["val_l1"] == pytest.approx(history["val_l1"].min(), rel=1e-6)
+
+
 def test_one_epoch_streamed_visits_the_same_pairs_as_one_in_memory(tiny_cfg, tmp_path):
     visited = {}
     for mode in ("memory", "stream"):
