@@ -13,6 +13,7 @@ nondeterminism).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -109,6 +110,21 @@ def pack_best(best: Path, dest: Path, epoch: int) -> None:
     shutil.copytree(best, dest, ignore=shutil.ignore_patterns(WEIGHTS) if own else None)
     if own:
         (dest / BEST_IN_LAST).write_text(meta["model_id"] + "\n")
+
+
+def pack_run(run: Path, last: Path, dest: Path, epoch: int, files: tuple[str, ...] = ("best",)) -> None:  # fmt: skip
+    """Fill ``dest``, the checkpoint folder a search reports at ``epoch``: ``last.pt`` (a hard
+    link to ``last`` where the file system allows) and those of ``files`` the run folder ``run``
+    has, ``best/`` packed by :func:`pack_best`, the others copied."""
+    try:
+        os.link(last, dest / LAST)
+    except OSError:
+        shutil.copyfile(last, dest / LAST)
+    for name in files:
+        if name == "best" and (run / name).is_dir():  # its weights only when not last.pt's
+            pack_best(run / name, dest / name, epoch)
+        elif (run / name).is_file():
+            shutil.copyfile(run / name, dest / name)
 
 
 def unpack_best(folder: Path, dest: Path) -> Path:

@@ -24,7 +24,7 @@ def connect(log_to_driver: bool = True, **local) -> None:
         # Ray's own State API clients in this Ray's workers (Ray Train's PlacementGroupCleaner)
         # find the dashboard through this variable (the processes inherit it), not through
         # "the latest Ray on this machine", which may be another one or long gone.
-        port = extra.setdefault("dashboard_port", _free_port())
+        port = extra.setdefault("dashboard_port", free_port())
         os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     ray.init(
         address=address,
@@ -35,7 +35,8 @@ def connect(log_to_driver: bool = True, **local) -> None:
     )
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     import socket
 
     with socket.socket() as s:

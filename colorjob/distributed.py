@@ -26,7 +26,7 @@ from pathlib import Path
 
 from colorjob import config as cfgmod
 from colorjob import storage
-from colorjob.checkpoint import LAST, pack_best, unpack_best
+from colorjob.checkpoint import LAST, pack_run, unpack_best
 
 log = logging.getLogger(__name__)
 #: What rank 0 puts into each checkpoint besides last.pt: enough to make the run folder again.
@@ -85,13 +85,7 @@ def _train(config: dict, scratch: Path, rank: int) -> None:
             ray.train.report(metrics)
             return
         with tempfile.TemporaryDirectory(dir=scratch) as tmp:
-            os.link(checkpoint_dir / "last.pt", Path(tmp) / "last.pt")
-            run = Path(cfg.out)
-            for name in RUN_FILES:
-                if name == "best" and (run / name).is_dir():  # weights only if not last.pt's
-                    pack_best(run / name, Path(tmp) / name, metrics["epoch"])
-                elif (run / name).is_file():
-                    shutil.copyfile(run / name, Path(tmp) / name)
+            pack_run(Path(cfg.out), checkpoint_dir / "last.pt", Path(tmp), metrics["epoch"], RUN_FILES)  # fmt: skip
             metrics["checkpoint_bytes"] = folder_bytes(Path(tmp))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 

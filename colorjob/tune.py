@@ -30,7 +30,7 @@ import pandas as pd
 
 from colorjob import cli, storage
 from colorjob import config as cfgmod
-from colorjob.checkpoint import pack_best, unpack_best
+from colorjob.checkpoint import pack_run, unpack_best
 from colorjob.models import num_downs_for
 from colorjob.train import NonFiniteLossError, TrainConfig, train
 
@@ -216,9 +216,7 @@ def train_gan(params: dict, base: dict, tune_cfg: dict) -> None:
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory(dir=out) as tmp:  # last.pt + best/, not best.pt too
-            _link_or_copy(checkpoint_dir / "last.pt", Path(tmp) / "last.pt")
-            if (out / "best").is_dir():  # its weights only when they are not last.pt's
-                pack_best(out / "best", Path(tmp) / "best", metrics["epoch"])
+            pack_run(out, checkpoint_dir / "last.pt", Path(tmp), metrics["epoch"])
             metrics["checkpoint_bytes"] = folder_bytes(Path(tmp))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
@@ -245,13 +243,6 @@ def train_gan_workers(params: dict, base: dict, tune_cfg: dict) -> None:
         train_cfg, f"{cfg.name}-{trial}", f"{experiment_path(cfg)}/workers", r.workers, r.cpu, r.gpu,
         max_failures=max(0, cfg.max_failures), tune_report=True, fidelity_weight=cfg.fidelity_weight,
     ).fit()  # fmt: skip
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
 
 
 # ---- the experiment ----------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 import os
-import socket
 
 import pytest
 
 from colorjob import synth
+from colorjob.cluster import free_port  # noqa: F401 - the tests' free port, too
 
 
 @pytest.fixture(scope="session")
@@ -41,12 +41,6 @@ def trained(tiny_cfg):
 
     cfg = tiny_cfg()
     return cfg, train(cfg)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ensure_local_ray() -> None:
