@@ -5,11 +5,17 @@
     colorjob batch --input sketches/ --conditions configs/grid.csv --output out/
     colorjob synth | export | quickstart ...
 
-``python -m colorjob ...`` is the same; ``python -m colorjob.train`` (and the other modules) and
-``jobs/*.py`` keep working and run the same code. Each subcommand is a thin parser over its config
-dataclass: flags whose ``dest`` is ``cfg:<key>`` (dotted for nested configs) become overrides, then
-``--set key=value`` wins. Errors a user can fix (:class:`colorjob.errors.ColorjobError`) print one
-line and exit 2; nothing else is caught, so a bug still shows its traceback.
+The command floor: this module (dispatch and what every subcommand shares) and
+:mod:`colorjob.commands` (one module per subcommand: its parser, its dispatch, its dry run). The
+library below (configs and logic) imports none of it. ``python -m colorjob ...`` is the same
+command; ``python -m colorjob.train`` (and the other library modules) and ``jobs/*.py`` are thin
+shims that call :func:`main` with the subcommand's name, so they run the real modules (code run
+as ``__main__`` and shipped to Ray workers would lose its module).
+
+Each subcommand is a thin parser over its config dataclass: flags whose ``dest`` is ``cfg:<key>``
+(dotted for nested configs) become overrides, then ``--set key=value`` wins. Errors a user can
+fix (:class:`colorjob.errors.ColorjobError`) print one line and exit 2; nothing else is caught,
+so a bug still shows its traceback.
 """
 
 from __future__ import annotations
@@ -25,22 +31,19 @@ from colorjob import config as cfgmod
 from colorjob.errors import ColorjobError
 
 COMMANDS = {
-    "train": ("colorjob.train", "train the colorization GAN on a dataset folder (Accelerate)"),
-    "tune": ("colorjob.tune", "search learning rates and loss weights (Ray Tune + Optuna)"),
-    "batch": (
-        "colorjob.batch",
-        "colour a folder of sketches in every variant of a grid (Ray Data)",
-    ),
-    "synth": ("colorjob.synth", "draw a synthetic dataset of character sketches x colourings"),
-    "export": ("colorjob.export", "re-export a trained generator in fp16 with a model card"),
-    "quickstart": ("colorjob.quickstart", "from nothing to coloured characters and a report"),
+    "train": "train the colorization GAN on a dataset folder (Accelerate; Ray Train with --workers)",
+    "tune": "search learning rates and loss weights (Ray Tune + Optuna)",
+    "batch": "colour a folder of sketches in every variant of a grid (here, or on Ray Data)",
+    "synth": "draw a synthetic dataset of character sketches x colourings",
+    "export": "re-export a trained generator in fp16 with a model card",
+    "quickstart": "from nothing to coloured characters and a report",
 }
 PREFIX = "cfg:"
 
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+    lines = [f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()]
     return (
         "usage: colorjob <command> [options]   (colorjob <command> --help for its options)\n\n"
         "Conditional sketch colorization: train, tune and batch-render on Ray.\n\ncommands:\n"
@@ -62,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"colorjob: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    return module.main(rest, prog=f"colorjob {name}")
+    module = importlib.import_module(f"colorjob.commands.{name}")
+    return run(module.build_parser(f"colorjob {name}"), module.command, rest)
 
 
 # ---- what every subcommand shares -------------------------------------------------------------

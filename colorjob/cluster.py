@@ -10,6 +10,11 @@ from __future__ import annotations
 import os
 
 
+def joins_cluster() -> bool:
+    """Whether commands join a cluster (``RAY_ADDRESS`` set) instead of starting a private Ray."""
+    return bool(os.environ.get("RAY_ADDRESS"))
+
+
 def connect(log_to_driver: bool = True, **local) -> None:
     """Initialise Ray unless it already is; ``local`` (e.g. ``num_cpus=2``) shapes a private
     local Ray and is ignored when joining a cluster."""

@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from PIL import ImageColor
 
+from colorjob.errors import ColorjobError
+
 #: Columns of metadata.csv that are not condition attributes.
 FILE_COLUMNS = ("input", "output")
 #: Optional sidecar next to metadata.csv that records value order and colours.
@@ -30,7 +32,7 @@ SIDECAR = "conditions.json"
 RGB = tuple[int, int, int]
 
 
-class ConditionError(ValueError):
+class ConditionError(ColorjobError, ValueError):
     """A condition value or attribute the vocabulary does not know."""
 
 
@@ -234,19 +236,13 @@ class ConditionVocab:
 
     @classmethod
     def from_metadata(cls, metadata, root: str | Path | None = None) -> ConditionVocab:
-        """Build from a metadata table (a pandas DataFrame, or the path of a metadata.csv).
+        """Build from a metadata table (a pandas DataFrame, as :func:`colorjob.data.read_metadata`
+        gives) of the dataset folder ``root``.
 
         Every column but ``input`` and ``output`` is an attribute. If ``conditions.json`` lies
-        beside metadata.csv its value order and colours are used (and every value in the table must
-        be in it); otherwise values are sorted by name and colour names are looked up.
+        in ``root`` its value order and colours are used (and every value in the table must be in
+        it); otherwise values are sorted by name and colour names are looked up.
         """
-        import pandas as pd
-
-        if not isinstance(metadata, pd.DataFrame):
-            from colorjob.data import read_metadata  # the one reader of metadata.csv
-
-            root = Path(metadata).parent if root is None else root
-            metadata = read_metadata(root)
         attr_names = [c for c in metadata.columns if c not in FILE_COLUMNS]
         if not attr_names:
             raise ConditionError(
@@ -255,7 +251,15 @@ class ConditionVocab:
             )
         sidecar = Path(root) / SIDECAR if root is not None else None
         if sidecar is not None and sidecar.is_file():
-            vocab = cls.load(sidecar)
+            try:
+                vocab = cls.load(sidecar)
+            except ConditionError as e:
+                raise ConditionError(f"{sidecar}: {e}") from None
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+                raise ConditionError(
+                    f"{sidecar} is not a valid condition vocabulary ({type(e).__name__}: {e}); "
+                    "fix or delete it (without it, values are sorted by name)"
+                ) from None
             if vocab.names != attr_names:
                 raise ConditionError(
                     f"{sidecar} lists attributes {vocab.names} but metadata.csv has {attr_names}"

@@ -212,8 +212,17 @@ def load(
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} not found")
+        raw = path.read_bytes()
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            line = raw[: e.start].count(b"\n") + 1
+            raise ConfigError(
+                f"{path}: line {line} is not UTF-8 text (byte 0x{raw[e.start]:02x}); save the "
+                "config as UTF-8"
+            ) from None
+        try:
+            data = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path} is not valid YAML: {e}") from None
         if not isinstance(data, dict):

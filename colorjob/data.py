@@ -15,6 +15,8 @@ the decoded uint8 tensors are cached, and a sketch shared by 25 colourings is de
 
 from __future__ import annotations
 
+import csv
+import io
 from collections import Counter
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -51,13 +53,33 @@ def read_metadata(root: str | Path) -> pd.DataFrame:
             f"{path} not found: a dataset folder needs metadata.csv with columns input, output and "
             "one column per condition (e.g. hair, shirt)"
         )
+    raw = path.read_bytes()
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DatasetError(
+            f"{path}: line {line} is not UTF-8 text (byte 0x{raw[e.start]:02x}); save it as "
+            "UTF-8 (most editors and spreadsheets offer it under 'Save as' / encoding)"
+        ) from None
+    header = next(csv.reader(io.StringIO(text)), None)
+    if header is None or not any(h.strip() for h in header):
+        raise DatasetError(f"{path} is empty: it needs a header input,output,<attributes...> and rows")  # fmt: skip
+    names = [h.strip() for h in header]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise DatasetError(f"{path}: the header names column(s) {', '.join(repeated)} more than once; keep one of each")  # fmt: skip
+    if any(not n for n in names):
+        raise DatasetError(f"{path}: the header has an empty column name ({','.join(header)})")
+    try:
+        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True)
     except pd.errors.EmptyDataError:
         raise DatasetError(
             f"{path} is empty: it needs a header input,output,<attributes...> and rows"
         ) from None
-    df.columns = [c.strip() for c in df.columns]
+    except pd.errors.ParserError as e:
+        raise DatasetError(f"{path}: {str(e).strip()}; quote values that contain commas") from None
+    df.columns = names
     missing = [c for c in FILE_COLUMNS if c not in df.columns]
     if missing:
         raise DatasetError(
@@ -72,6 +94,10 @@ def read_metadata(root: str | Path) -> pd.DataFrame:
     blank = df.index[(df[list(FILE_COLUMNS)] == "").any(axis=1)].tolist()
     if blank:
         raise DatasetError(f"{path}: rows {_rows(blank)} have an empty input or output")
+    attrs = [c for c in df.columns if c not in FILE_COLUMNS]
+    empty = df.index[(df[attrs].apply(lambda c: c.str.strip()) == "").any(axis=1)].tolist()
+    if empty:
+        raise DatasetError(f"{path}: rows {_rows(empty)} have an empty condition value ({', '.join(attrs)}); every row needs one of each")  # fmt: skip
     outside = [
         f"row {i + 2}: {f}"
         for i, pair in enumerate(df[list(FILE_COLUMNS)].itertuples(index=False))

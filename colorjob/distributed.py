@@ -4,15 +4,18 @@
     colorjob tune --config configs/tune.yaml --set resources.workers=2    # each trial: 2 workers
 
 A Ray Train ``TorchTrainer`` starts ``workers`` processes (``ScalingConfig``: CPUs and GPUs per
-worker), sets up their process group (gloo on CPUs, NCCL on GPUs), and each runs the same
-:func:`colorjob.train.train` loop: Accelerate picks the process group up, shards the data and
-averages the gradients. Rank 0 writes the run folder and reports a checkpoint (``last.pt``,
-``best/``, ``metrics.csv``...) to Ray Train, which keeps it in ``storage_path``; a worker that
-fails (its node lost) is restarted by Ray Train from the latest checkpoint (``FailureConfig``).
+worker), sets up their process group (gloo on CPUs, NCCL on GPUs), and each runs the same trial
+body as a single-worker search trial (:func:`colorjob.trial.run`, hence the same
+:func:`colorjob.train.train` loop): Accelerate picks the process group up, shards the data and
+averages the gradients. Rank 0 writes the run folder and reports a checkpoint (the one
+``last.pt``) to Ray Train, which keeps it in ``storage_path``; a worker that fails (its node lost)
+is restarted by Ray Train from the latest checkpoint (``FailureConfig``) and every worker makes
+its folder again from it.
 
-Under Tune the trial is a small driver that launches this trainer (Ray's documented Tune + Train
-pattern, ``TuneReportCallback``): ASHA sees the same per-epoch metrics as for single-worker trials
-and stopping the trial stops its workers.
+``colorjob train --workers N`` runs :func:`train_on_ray`: the same preflight and run-folder rule
+as one process (:mod:`colorjob.runfolder`), before Ray starts; the run folder is brought back to
+``--out`` from the last checkpoint. Under Tune the trial is a small driver that launches the
+trainer (Ray's documented Tune + Train pattern, ``TuneReportCallback``).
 """
 
 from __future__ import annotations
@@ -21,20 +24,19 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 from colorjob import config as cfgmod
-from colorjob import storage
-from colorjob.checkpoint import LAST, pack_run, unpack_best
+from colorjob import runfolder, storage, trial
+from colorjob.checkpoint import LAST
 
 log = logging.getLogger(__name__)
-#: What rank 0 puts into each checkpoint besides last.pt: enough to make the run folder again.
-RUN_FILES = ("best", "metrics.csv", "config.yaml", "loss.png")
+RAY_TRAIN = ".ray-train"  # Ray Train's own state inside the run folder (a run file)
+RUN_NAME = "run"
 
 
 def worker_loop(config: dict) -> None:
-    """One Ray Train worker: the training loop, reporting every epoch it validates."""
+    """One Ray Train worker: the trial body, reporting every epoch it validates."""
     import ray.train
     import torch
 
@@ -61,56 +63,46 @@ def worker_loop(config: dict) -> None:
 
 
 def _train(config: dict, scratch: Path, rank: int) -> None:
+    import ray
     import ray.train
 
-    from colorjob.train import NonFiniteLossError, TrainConfig, train
-    from colorjob.tune import folder_bytes, score
+    from colorjob.train import TrainConfig
 
     cfg = cfgmod.from_dict(TrainConfig, config["train"] | {"out": str(scratch / "run")})
-    resume = None
+    restored = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # a restart after a failure: from the latest checkpoint
         restored = Path(checkpoint.to_directory(str(scratch / "restored")))
-        resume = restored / "last.pt"
-        if rank == 0:  # the run folder as it was then (best/ included)
-            unpack_run(restored, Path(cfg.out))
+    elif config.get("start_from") is not None:  # --resume from the run folder's own last.pt
+        restored = scratch / "restored"
+        restored.mkdir()
+        (restored / LAST).write_bytes(ray.get(config["start_from"][0]))
+    if restored is not None and cfg.shard_log:  # where each restarted process began (tests)
+        log_dir = Path(cfg.shard_log)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        (log_dir / f"restored-rank{rank}-{os.getpid()}.json").write_text("{}")
 
-    weight = config.get("fidelity_weight")
+    def publish(metrics: dict, folder: Path | None) -> None:
+        ckpt = None if folder is None else ray.train.Checkpoint.from_directory(str(folder))
+        ray.train.report(metrics, checkpoint=ckpt)  # every rank reports; rank 0 has checkpoints
 
-    def report(metrics: dict, checkpoint_dir: Path | None) -> None:
-        metrics = {k: v for k, v in metrics.items() if v is not None} | {"reported_at": time.time()}
-        if weight is not None:  # the Tune search's "score"
-            metrics["score"] = score(metrics, weight)
-        if checkpoint_dir is None:  # every rank reports; only rank 0 has a checkpoint
-            ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory(dir=scratch) as tmp:
-            pack_run(Path(cfg.out), checkpoint_dir / "last.pt", Path(tmp), metrics["epoch"], RUN_FILES)  # fmt: skip
-            metrics["checkpoint_bytes"] = folder_bytes(Path(tmp))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
-    try:
-        train(cfg, resume=resume or False, report=report, overwrite=resume is None)
-    except NonFiniteLossError as e:
-        raise RuntimeError(f"training stopped: {e}") from None
+    trial.run(cfg, restored, publish, config.get("fidelity_weight", trial.DEFAULT_FIDELITY_WEIGHT), whole_folder=rank == 0)  # fmt: skip
 
 
-def unpack_run(folder: Path, out: Path) -> None:
-    """A run folder from one of its Ray Train checkpoints: ``last.pt`` into ``checkpoints/``,
-    ``best/`` made whole, the rest as it is; each file replaced atomically."""
-    for f in folder.rglob("*"):
-        if f.is_file() and f.relative_to(folder).parts[0] != "best":
-            target = out / ("checkpoints" if f.name == LAST else "") / f.relative_to(folder)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with storage.replacing(target) as tmp:
-                shutil.copyfile(f, tmp)
-    if (folder / "best").is_dir():
-        unpack_best(folder, out / "best")
-
-
-def trainer(train_cfg: dict, name: str, storage_path: str, workers: int, cpus: float, gpus: float,
-            max_failures: int = 1, tune_report: bool = False, fidelity_weight: float | None = None):  # fmt: skip
-    """A ``TorchTrainer`` running :func:`worker_loop` on ``workers`` processes."""
+def trainer(
+    train_cfg: dict,
+    name: str,
+    storage_path: str,
+    workers: int,
+    cpus: float,
+    gpus: float,
+    max_failures: int = 1,
+    tune_report: bool = False,
+    fidelity_weight: float = trial.DEFAULT_FIDELITY_WEIGHT,
+    start_from=None,
+):
+    """A ``TorchTrainer`` running :func:`worker_loop` on ``workers`` processes; ``start_from``:
+    a Ray object holding a ``last.pt`` to begin from when Ray Train has no checkpoint of its own."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -121,9 +113,12 @@ def trainer(train_cfg: dict, name: str, storage_path: str, workers: int, cpus: f
         callbacks.append(TuneReportCallback())
     fs, root = storage.resolve(storage_path)
     resources = {"CPU": cpus} | ({"GPU": gpus} if gpus else {})
+    config = {"train": train_cfg, "threads": max(1, int(cpus)), "fidelity_weight": fidelity_weight}
+    if start_from is not None:
+        config["start_from"] = [start_from]  # nested: passed as a reference, fetched by workers
     return TorchTrainer(
         worker_loop,
-        train_loop_config={"train": train_cfg, "threads": max(1, int(cpus)), "fidelity_weight": fidelity_weight},
+        train_loop_config=config,
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpus > 0, resources_per_worker=resources),  # fmt: skip
         run_config=ray.train.RunConfig(
             name=name, storage_path=root, storage_filesystem=fs, callbacks=callbacks,
@@ -133,26 +128,44 @@ def trainer(train_cfg: dict, name: str, storage_path: str, workers: int, cpus: f
     )  # fmt: skip
 
 
+def latest_ray_checkpoint(run_dir: Path) -> Path | None:
+    """The ``last.pt`` of the newest checkpoint Ray Train kept in ``run_dir``."""
+    found = sorted(run_dir.glob("checkpoint_*/" + LAST)) if run_dir.is_dir() else []
+    return runfolder.newest(*found)
+
+
 def train_on_ray(cfg, workers: int, cpus: float = 1.0, gpus: float = 0.0, resume: bool = False, overwrite: bool = False) -> dict:  # fmt: skip
-    """``colorjob train --workers N``: one run on ``workers`` Ray Train workers; its run folder
-    (metrics, best/, last.pt) is brought back to ``cfg.out`` from the last checkpoint. Ray Train
-    keeps the run's state in ``OUT/.ray-train``: ``resume`` continues from it."""
+    """``colorjob train --workers N``: one run on ``workers`` Ray Train workers. The preflight
+    and the run-folder rule are those of one process (before Ray starts); ``--resume`` continues
+    from the newest of the run folder's ``last.pt`` and Ray Train's own checkpoints; at the end
+    the run folder (metrics, best/, last.pt) is made from the last checkpoint."""
     from colorjob.cluster import connect
-    from colorjob.train import RunFolderError
+    from colorjob.train import preflight
 
     out = Path(cfg.out).absolute()
-    storage_path = str(out / ".ray-train")
-    if out.is_dir() and any(out.iterdir()) and not resume:
-        if not overwrite:
-            raise RunFolderError(f"{out} already holds a run: add --resume to continue it, --overwrite to start over, or choose another --out")  # fmt: skip
-        shutil.rmtree(out)
-        log.warning(f"starting over in {out}: the earlier run removed")
+    cfg = cfgmod.from_dict(type(cfg), cfgmod.to_dict(cfg) | {"out": str(out)})
+    checked = preflight(cfg, resume, overwrite)  # everything, before anything is removed
+    del checked.inputs
+    runfolder.clear(checked.claim)
+    run_dir = out / RAY_TRAIN / RUN_NAME
+    start_file = None
+    if resume:
+        own, theirs = out / "checkpoints" / LAST, latest_ray_checkpoint(run_dir)
+        start_file = runfolder.newest(own, theirs)
+        if start_file == own and theirs is not None:  # Ray Train's checkpoints are older
+            shutil.rmtree(run_dir)
+        elif start_file == theirs:
+            start_file = None  # Ray Train restores its own latest checkpoint itself
     connect()
+    import ray
+
+    start_from = ray.put(start_file.read_bytes()) if start_file is not None else None
     result = trainer(
-        cfgmod.to_dict(cfg), "run", storage_path, workers, cpus, gpus, max_failures=2
-    ).fit()
+        cfgmod.to_dict(cfg), RUN_NAME, str(out / RAY_TRAIN), workers, cpus, gpus, max_failures=2,
+        start_from=start_from,
+    ).fit()  # fmt: skip
     if result.checkpoint is not None:
         with result.checkpoint.as_directory() as d:
-            unpack_run(Path(d), out)
+            runfolder.write(Path(d) / LAST, out)
     log.info(f"trained on {workers} Ray Train workers; run folder: {out}")
     return result.metrics or {}

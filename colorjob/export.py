@@ -144,9 +144,11 @@ def check_meta(meta: object, where: str) -> ConditionVocab:
         num_downs_for(_need(meta, "image_size", int, where))
     except ValueError as e:
         raise ModelError(f"{where}: {e}") from None
-    for key in ("ngf", "in_channels", "out_channels"):
-        if _need(meta, key, int, where) < 1:
-            raise ModelError(f"{where}: {key} must be at least 1, got {meta[key]}")
+    for key, high in (("ngf", 1024), ("in_channels", 4096), ("out_channels", 4)):
+        if not 1 <= _need(meta, key, int, where) <= high:
+            raise ModelError(f"{where}: {key} must be in [1, {high}], got {meta[key]}")
+    if meta["image_size"] > 8192:
+        raise ModelError(f"{where}: image_size must be at most 8192, got {meta['image_size']}")
     if meta["out_channels"] != 3:
         raise ModelError(f"{where}: out_channels must be 3 (RGB), got {meta['out_channels']}")
     if _need(meta, "dtype", str, where) not in DTYPES:
@@ -191,7 +193,21 @@ def safetensors_header(head: bytes, total_size: int, where: str) -> dict:
         table = json.loads(head[8 : 8 + n])
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ModelError(f"{where} has a broken header: not a safetensors file") from None
+    if not isinstance(table, dict):
+        raise ModelError(f"{where} has a broken header: not a tensor table")
     table.pop("__metadata__", None)
+    for name, t in table.items():
+        ok = (
+            isinstance(t, dict) and isinstance(t.get("dtype"), str)
+            and isinstance(t.get("shape"), list) and all(isinstance(d, int) and d >= 0 for d in t["shape"])
+            and isinstance(t.get("data_offsets"), list) and len(t["data_offsets"]) == 2
+            and all(isinstance(o, int) and o >= 0 for o in t["data_offsets"])
+        )  # fmt: skip
+        if not ok:
+            raise ModelError(
+                f"{where} has a broken header: entry {str(name)[:60]!r} is not a tensor "
+                "(dtype, shape, data_offsets); re-export the model"
+            )
     end = max((t["data_offsets"][1] for t in table.values()), default=0)
     if total_size != 8 + n + end:
         raise ModelError(
@@ -282,7 +298,7 @@ def read_model(model_dir: str | Path) -> tuple[dict, bytes]:
     return meta, weights
 
 
-def build_generator(
+def generator_from_weights(
     meta: dict,
     weights: bytes,
     device: str | torch.device = "cpu",
@@ -312,157 +328,26 @@ def load_generator(
     """
     meta, weights = read_model(model_dir)
     try:
-        g, model_vocab = build_generator(meta, weights, device, vocab)
+        g, model_vocab = generator_from_weights(meta, weights, device, vocab)
     except ModelError as e:
         raise ModelError(f"{model_dir}: {e}") from None
     return g, model_vocab, meta
 
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default"
-
-CARD = """# colorjob default generator
-
-A small conditional sketch-colorization generator shipped with colorjob, so that batch colorization
-works out of the box:
-
-    colorjob batch --input examples/sketches --conditions configs/grid.csv --output out/
-
-| | |
-|---|---|
-| model id | `{model_id}` |
-| architecture | pix2pix U-Net, {image_size} px, ngf {ngf}, conditioning `{conditioning}` ({params:,} parameters), weights in {dtype} ({size_mb:.1f} MB) |
-| conditions | {conditions} |
-| training data | synthetic characters (`colorjob.synth`), {sketches} characters x 25 colourings{families}; style augmentation {augment} |
-| validation | whole characters held out (split by sketch) |
-| best epoch | {epoch} of {epochs} |
-| validation L1 | {val_l1:.4f} (on [-1, 1], the scale of the seed's 0.01685) |
-| validation PSNR | {val_psnr:.2f} dB |
-| condition fidelity | {fidelity} on held-out characters |
-| held-out drawing style | {holdout} |
-| trained on | {device} |
-
-How it was made:
-
-    {commands}
-
-`samples.png`: held-out characters (first column) in five conditions at the exported epoch.
-
-Limits: it has only seen colorjob's synthetic characters (bust portraits, black line art on white,
-five hair and five shirt colours); sketches of other kinds get plausible but unreliable colours.
-"""
+#: The files of an exported model folder (what ``colorjob export --to`` may replace).
+MODEL_FILES = (WEIGHTS, META, "MODEL_CARD.md", "samples.png")
 
 
-def ship(model_dir: str | Path, dest: str | Path, device: str, commands: list[str]) -> Path:
-    """Re-export ``model_dir`` in fp16 to ``dest`` with a model card (``MODEL_CARD.md``)."""
-    import tempfile
-
-    from PIL import Image
-
-    g, vocab, meta = load_generator(model_dir)
-    with tempfile.TemporaryDirectory() as tmp:
-        samples = Path(model_dir) / "samples.png"
-        preview = None
-        if samples.is_file():  # a light preview: the package stays small
-            preview = Path(tmp) / "samples.png"
-            img = Image.open(samples).convert("RGB")
-            img.thumbnail((780, 780))
-            img.save(preview, optimize=True)
-        out = export_generator(
-            g, vocab, dest, metrics=meta["metrics"], config=meta["train_config"],
-            dtype=torch.float16, samples=preview, schedule=meta.get("schedule"),
-        )  # fmt: skip
-    info = read_model_info(out)
-    m, cfg = info["metrics"], info["train_config"]
-    sketches, families = "?", ""
-    if (Path(cfg.get("data", "")) / "metadata.csv").is_file():
-        from colorjob.data import read_metadata
-
-        sketches = read_metadata(cfg["data"])["input"].nunique()
-        if (Path(cfg["data"]) / "families.csv").is_file():
-            import pandas as pd
-
-            names = sorted(pd.read_csv(Path(cfg["data"]) / "families.csv")["family"].unique())
-            families = f" in the drawing styles {', '.join(names)}"
-    fid = m.get("val_fidelity")
-    holdout = "n/a"
-    if m.get("holdout_fidelity") is not None:
-        held = Path(cfg.get("holdout_data") or "")
-        style = "a style never trained on"
-        if (held / "families.csv").is_file():
-            import pandas as pd
-
-            style = (
-                ", ".join(sorted(pd.read_csv(held / "families.csv")["family"].unique()))
-                + " (never trained on)"
-            )
-        holdout = f"{style}: L1 {m['holdout_l1']:.4f}, fidelity {m['holdout_fidelity']:.1%}"
-    (out / "MODEL_CARD.md").write_text(
-        CARD.format(
-            model_id=info["model_id"],
-            image_size=info["image_size"],
-            ngf=info["ngf"],
-            conditioning=info["conditioning"],
-            families=families,
-            holdout=holdout,
-            augment=f"p = {cfg['augment']}" if cfg.get("augment") else "off",
-            params=sum(p.numel() for p in g.parameters()),
-            dtype="fp16",
-            size_mb=(out / WEIGHTS).stat().st_size / 1e6,
-            conditions="; ".join(f"{a.name}: {', '.join(a.values)}" for a in vocab.attributes),
-            sketches=sketches,
-            epoch=m.get("epoch"),
-            epochs=cfg.get("epochs"),
-            val_l1=m["val_l1"],
-            val_psnr=m["val_psnr"],
-            fidelity="n/a" if fid is None else f"{fid:.1%}",
-            device=device,
-            commands="\n    ".join(commands),
-        )  # fmt: skip
-    )
-    return out
-
-
-def build_parser(prog: str = "python -m colorjob.export"):
-    from colorjob import cli
-
-    p = cli.parser(
-        prog,
-        "Re-export a trained generator (OUT/best) in fp16 with a model card, e.g. to ship it as "
-        "colorjob's default model (colorjob/assets/default).",
-        config=False,
-    )
-    p.add_argument(
-        "--from", dest="src", required=True, help="an exported model folder (train's OUT/best)"
-    )
-    p.add_argument(
-        "--to", default=str(DEFAULT_MODEL), help="destination folder (default: the shipped default)"
-    )
-    p.add_argument("--device", default="CPU", help="what it was trained on, for the card")
-    p.add_argument(
-        "--command",
-        action="append",
-        default=[],
-        help="a command that made it, for the card (repeatable)",
-    )
-    return p  # fmt: skip
-
-
-def command(args) -> int:
-    import logging
-
-    out = ship(args.src, args.to, args.device, args.command or ["(not recorded)"])
-    size = (out / WEIGHTS).stat().st_size / 1e6
-    logging.getLogger(__name__).info(f"shipped: {out} ({size:.1f} MB)")
-    return 0
-
-
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    from colorjob import cli
-
-    return cli.run(build_parser(prog or "python -m colorjob.export"), command, argv)
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())
+def is_model_folder(path: Path) -> bool:
+    """Whether ``path`` holds an exported model and nothing else (so replacing it loses nothing)."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    names = {p.name for p in path.iterdir()}
+    if not names or not names <= set(MODEL_FILES) or META not in names:
+        return False
+    try:
+        return json.loads((path / META).read_text()).get("format") == FORMAT
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return False

@@ -21,8 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from colorjob import cli, synth
 from colorjob import config as cfgmod
+from colorjob import synth
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +42,6 @@ def grid_csv(out: Path) -> Path:
     rows = ["hair,shirt"] + [f"{h},{s}" for h in synth.HAIR_COLORS for s in synth.SHIRT_COLORS]
     path.write_text("\n".join(rows) + "\n")
     return path
-
-
-def build_parser(prog: str = "python -m colorjob.quickstart"):
-    p = cli.parser(prog, __doc__, config=False, raw=True)
-    p.add_argument(
-        "--out", default="runs/quickstart", help="folder for everything (default runs/quickstart)"
-    )
-    p.add_argument(
-        "--sketches", type=int, default=12, help="characters in the training set (default 12)"
-    )
-    p.add_argument("--trials", type=int, default=4, help="search trials (default 4)")
-    p.add_argument("--epochs", type=int, default=2, help="epochs per trial at most (default 2)")
-    p.add_argument(
-        "--tiny", action="store_true", help="a one-minute smoke run (32 px, 2 trials, 2 epochs)"
-    )
-    return p  # fmt: skip
 
 
 PRODUCTS = ("data", "search", "new", "colored", "report.html", "report_files")
@@ -97,8 +81,10 @@ def _tiny_network() -> dict:
     return {"image_size": 32, "ngf": 8, "ndf": 8}
 
 
-def command(a) -> int:
-    out = Path(a.out).absolute()
+def quickstart(out: str | Path, sketches: int = 12, trials: int = 4, epochs: int = 2, tiny: bool = False) -> Path | None:  # fmt: skip
+    """The main job, from nothing to a report (see the module's text); returns the report's
+    path, or None when no trial finished. ``tiny``: the one-minute smoke run."""
+    out = Path(out).absolute()
     earlier = [name for name in PRODUCTS if (out / name).exists()]
     if earlier:  # a quickstart's folder is its own: a second quickstart starts over, and says so
         import shutil
@@ -109,8 +95,9 @@ def command(a) -> int:
             f"starting over in {out}: the earlier quickstart's {', '.join(earlier)} removed"
         )
     out.mkdir(parents=True, exist_ok=True)
-    sketches, trials, epochs = (4, 2, 2) if a.tiny else (a.sketches, a.trials, a.epochs)
-    base = _tiny_network() if a.tiny else _default_network()
+    if tiny:
+        sketches, trials, epochs = 4, 2, 2
+    base = _tiny_network() if tiny else _default_network()
     size = base["image_size"]
     t_all = time.perf_counter()
 
@@ -118,7 +105,7 @@ def command(a) -> int:
     data = synth.generate(out / "data", sketches, seed=0, size=size, families=FAMILIES)
     log.info(f"      {data} ({time.perf_counter() - t:.0f}s)")
 
-    how = "from scratch" if a.tiny else "fine-tuning the shipped default generator"
+    how = "from scratch" if tiny else "fine-tuning the shipped default generator"
     t = _step(2, 5, f"searching learning rates and loss weights, {how}: {trials} trials x up to {epochs} epochs on a local Ray")  # fmt: skip
     from colorjob import tune
     from colorjob.cluster import connect
@@ -129,29 +116,32 @@ def command(a) -> int:
         {
             "name": "search", "storage_path": str(out), "num_samples": trials, "max_concurrent_trials": 2,
             "resources": {"cpu": 1}, "scheduler": {"asha": True, "grace_period": max(1, epochs // 2), "reduction_factor": 2},
-            "search": SEARCH if not a.tiny else tune.TuneConfig().search,
+            "search": SEARCH if not tiny else tune.TuneConfig().search,
             "train": base | {"data": str(data), "epochs": epochs, "batch_size": 8, "checkpoint_every": epochs},
         },
     )  # fmt: skip
-    best = tune.run(cfg)
+    best = tune.search(cfg)
     if best is None:
         log.error("no trial finished; see the log above")
-        return 1
+        return None
     log.info(f"      best generator: {best} ({time.perf_counter() - t:.0f}s)")
 
     t = _step(3, 5, "drawing 4 new characters the model has never seen (256 px)")
     new = synth.generate(out / "new", 4, seed=1234, size=256, families=FAMILIES)
 
     t = _step(4, 5, "colouring them in every variant of the grid with Ray Data")
+    import pandas as pd
+
     from colorjob import batch
     from colorjob.evaluate import fidelity_of_files
 
-    manifest = batch.run(
+    batch.execute(
         batch.BatchConfig(
             input=str(new / "sketches"), conditions=str(grid_csv(out)), model=str(best),
             output=str(out / "colored"),
         )
     )  # fmt: skip
+    manifest = pd.read_parquet(out / "colored" / batch.MANIFEST)
     attrs = [c for c in ("hair", "shirt") if c in manifest]
     done = manifest[manifest["status"] != "failed"]
     rows = [(r["input"], r["output"], {k: r[k] for k in attrs}) for r in done.to_dict("records")]
@@ -175,12 +165,10 @@ def command(a) -> int:
         ],
     )  # fmt: skip
     log.info(f"\ndone in {time.perf_counter() - t_all:.0f}s. Report: {report}")
-    return 0
+    return report
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    return cli.run(build_parser(prog or "python -m colorjob.quickstart"), command, argv)
+if __name__ == "__main__":  # python -m colorjob.quickstart: the command, run from the real module
+    from colorjob.cli import main
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["quickstart", *sys.argv[1:]]))

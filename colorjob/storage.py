@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -142,9 +143,71 @@ def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
         return f.read()
 
 
+MAX_NAME = 255  # bytes of one path component (ext4, APFS, NTFS, S3 key segments)
+
+
+def process_tag() -> str:
+    """Whose temporary files these are when no run id is given: this process on this host
+    (``p<pid>@<host hash>``), so a later run can tell a dead writer's leftovers from live ones."""
+    import hashlib
+    import socket
+
+    return f"p{os.getpid()}@{hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]}"
+
+
 def temp_name(name: str, run: str | None = None) -> str:
-    """A temporary file name for ``name`` (same extension; ``run`` says whose it is)."""
-    return f"{TMP_MARK}{run + '-' if run else ''}{uuid.uuid4().hex[:12]}-{name}"
+    """A temporary file name for ``name``: ``.colorjob-tmp-<owner>-<random>-<name>``, the same
+    extension, and never longer than a file name may be (a long ``name`` is shortened, its
+    extension kept). ``run`` names the owner (a batch run id); default: :func:`process_tag`."""
+    head = f"{TMP_MARK}{run or process_tag()}-{uuid.uuid4().hex[:12]}-"
+    room = MAX_NAME - len(head.encode())
+    raw = name.encode()
+    if len(raw) > room:
+        ext = os.path.splitext(name)[1]
+        ext = ext if len(ext.encode()) < room // 2 else ""
+        keep = raw[: room - len(ext.encode())].decode(errors="ignore")
+        name = keep + ext
+    return head + name
+
+
+_PROCESS_TAG = re.compile(r"^\.colorjob-tmp-p(\d+)@([0-9a-f]{6})-[0-9a-f]{12}-")
+
+
+def stale_temporaries(folder: str | Path) -> list[Path]:
+    """Temporary files and folders directly in ``folder`` left by a writer process of this host
+    that no longer runs (a training killed mid-write): safe to delete, nobody will finish them."""
+    import hashlib
+    import socket
+
+    folder, mine = Path(folder), hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
+    out = []
+    if not folder.is_dir():
+        return out
+    for p in folder.iterdir():
+        m = _PROCESS_TAG.match(p.name)
+        if m and m.group(2) == mine and not _alive(int(m.group(1))):
+            out.append(p)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(*folders: str | Path) -> int:
+    """Delete :func:`stale_temporaries` of ``folders``; returns how many."""
+    n = 0
+    for folder in folders:
+        for p in stale_temporaries(folder):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            n += 1
+    return n
 
 
 def fsync_dir(path: str | Path) -> None:
@@ -207,6 +270,8 @@ def replacing_dir(path: str | Path) -> Iterator[Path]:
     """A new, empty folder beside ``path``, swapped in for it as a unit when the block ends
     without error: ``path`` always holds the complete old contents or the complete new ones."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise StorageError(f"{path} is a file, not a folder: it is not replaced by one")
     path.parent.mkdir(parents=True, exist_ok=True)
     new = path.with_name(temp_name(path.name))
     new.mkdir()  # the process's umask decides its permissions, as for any folder

@@ -33,7 +33,6 @@ import logging
 import math
 import os
 import sys
-import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -44,12 +43,16 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from colorjob import cli
 from colorjob.conditions import Attribute, ConditionVocab
+from colorjob.errors import ColorjobError
 from colorjob.imaging import dilate
 from colorjob.models import num_downs_for
 
 log = logging.getLogger(__name__)
+
+class SynthError(ColorjobError, ValueError):
+    """A synthetic dataset that cannot be drawn as asked."""
+
 
 # ---- palettes ------------------------------------------------------------------------------
 HAIR_COLORS: dict[str, tuple[int, int, int]] = {
@@ -673,12 +676,15 @@ def generate(
     per character; with more than the classic one, ``families.csv`` says which (input, family).
     """
     if sketches < 1:
-        raise ValueError("--sketches must be at least 1")
+        raise SynthError(f"--sketches must be at least 1, got {sketches}")
     unknown = [f for f in families if f not in FAMILIES]
     if unknown or not families:
-        raise ValueError(f"unknown drawing family {', '.join(unknown) or '(none given)'}; known: {', '.join(FAMILIES)}")  # fmt: skip
+        raise SynthError(f"unknown drawing family {', '.join(unknown) or '(none given)'}; known: {', '.join(FAMILIES)}")  # fmt: skip
     families = tuple(families)
-    num_downs_for(size)  # the networks' rule: a power of two >= 32
+    try:
+        num_downs_for(size)  # the networks' rule: a power of two >= 32
+    except ValueError as e:
+        raise SynthError(f"--size: {e}") from None
     out = Path(out)
     for sub in ("sketches", "colored", "masks"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -703,62 +709,7 @@ def generate(
     return out
 
 
-def build_parser(prog: str = "python -m colorjob.synth"):
-    p = cli.parser(
-        prog,
-        "Generate a synthetic sketch-colorization dataset in the seed's format: N character "
-        "sketches x 25 colourings (5 hair x 5 shirt colours), with hair/shirt masks and "
-        "metadata.csv (input, output, hair, shirt).",
-        config=False,
-    )
-    p.add_argument(
-        "--out", required=True, help="folder to write the dataset into (created if missing)"
-    )
-    p.add_argument(
-        "--sketches", type=int, default=10, help="number of characters (default 10, as the seed)"
-    )
-    p.add_argument(
-        "--seed", type=int, default=0, help="random seed; same seed -> same bytes (default 0)"
-    )
-    p.add_argument(
-        "--size",
-        type=int,
-        default=256,
-        help="image side in pixels, a power of two >= 32 (default 256)",
-    )
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=0,
-        help="processes to draw with (default: one per CPU, up to 8)",
-    )
-    p.add_argument(
-        "--families",
-        default="classic",
-        help="drawing families, comma-separated, one chosen per character "
-        f"({', '.join(FAMILIES)}; default classic)",
-    )
-    return p  # fmt: skip
+if __name__ == "__main__":  # python -m colorjob.synth: the command, run from the real module
+    from colorjob.cli import main
 
-
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    p = build_parser(prog or "python -m colorjob.synth")
-
-    def command(a) -> int:
-        t0 = time.perf_counter()
-        try:
-            families = tuple(f.strip() for f in a.families.split(",") if f.strip())
-            out = generate(a.out, a.sketches, seed=a.seed, size=a.size, workers=a.workers, families=families)  # fmt: skip
-        except ValueError as e:
-            p.error(f"--size/--sketches: {e}")
-        n = a.sketches * len(HAIR_COLORS) * len(SHIRT_COLORS)
-        log.info(f"wrote {a.sketches} sketches x 25 colourings = {n} pairs in {time.perf_counter() - t0:.1f}s")  # fmt: skip
-        log.info(f"dataset:       {out / 'metadata.csv'}")
-        log.info(f"contact sheet: {out / 'contact_sheet.png'}")
-        return 0
-
-    return cli.run(p, command, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["synth", *sys.argv[1:]]))

@@ -3,10 +3,15 @@
     colorjob train --config configs/cpu.yaml --data data/chars-64 --out runs/cpu
     colorjob train --config configs/cpu.yaml --out runs/cpu --resume --epochs 30
 
-:func:`train` runs a whole training run from a :class:`TrainConfig`. The command line, a Ray Tune
-trial (``colorjob.tune``: it passes a ``report`` callback) and the tests all call it; nothing here
-knows about Ray. Accelerate runs the same loop on a CPU, one GPU, or several GPUs under
-``accelerate launch -m colorjob.train ...``.
+:func:`train` runs a whole training run from a :class:`TrainConfig`. The command line
+(:mod:`colorjob.commands.train`), a search trial (:mod:`colorjob.trial`: it passes a ``report``
+callback) and the tests all call it; this module imports no Ray. Accelerate runs the same loop on
+a CPU, one GPU, or several GPUs under ``accelerate launch -m colorjob.train ...``.
+
+Before anything is written or removed, :func:`preflight` checks everything that can be checked
+(the run folder, the dataset and its conditions, the checkpoint to resume, the model to start
+from): every path (one process, Ray Train workers, a trial) runs it, so a typo never costs an
+earlier run.
 
 Objective (pix2pix): D sees (image, sketch, condition) and learns real vs fake; G minimises
 ``lambda_adv * adversarial + lambda_l1 * L1``. The decoded dataset is small (the seed: 250 pairs),
@@ -17,18 +22,15 @@ Every epoch writes ``OUT/metrics.csv`` (losses and validation L1 / PSNR / condit
 held-out sketches, see :mod:`colorjob.evaluate`), ``OUT/samples/epoch_NNN.png``, ``OUT/loss.png``,
 ``OUT/checkpoints/last.pt`` (and ``best.pt`` by validation L1, see :mod:`colorjob.checkpoint`), and
 exports the best generator to ``OUT/best/`` (see :mod:`colorjob.export`). ``OUT/config.yaml`` is
-the resolved configuration the run was started with.
+the resolved configuration the run was started with. :mod:`colorjob.runfolder` says what a run
+folder holds and when one may be reused.
 """
-
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,7 +45,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from colorjob import checkpoint, cli, storage
+from colorjob import checkpoint, runfolder, storage
 from colorjob import config as cfgmod
 from colorjob.checkpoint import load as load_checkpoint
 from colorjob.conditions import ConditionVocab
@@ -57,7 +59,6 @@ from colorjob.data import (
     load_splits,
     training_batch,
 )
-from colorjob.errors import ColorjobError
 from colorjob.evaluate import region_masks, sample_grid, save_samples, validate, validate_streamed
 from colorjob.export import ModelError, export_generator
 from colorjob.models import (
@@ -67,28 +68,21 @@ from colorjob.models import (
     num_downs_for,
     set_requires_grad,
 )
-from colorjob.plots import plot_curves
+from colorjob.runfolder import METRIC_COLUMNS, RunFolderError
 
 __all__ = [
     "METRIC_COLUMNS",
     "NonFiniteLossError",
+    "RunFolderError",
     "TrainConfig",
+    "config_for_resume",
     "load_checkpoint",
-    "main",
+    "preflight",
     "train",
 ]
 
 log = logging.getLogger(__name__)
-
-METRIC_COLUMNS = [
-    "epoch", "g_adv", "g_l1", "d_real", "d_fake", "val_l1", "val_psnr", "val_fidelity",
-    "holdout_l1", "holdout_fidelity", "lr_g", "lr_d", "lambda_l1", "lambda_adv", "tag", "parent",
-    "samples_per_s", "train_seconds", "seconds",
-]  # fmt: skip
-#: The per-epoch settings an exported model's ``schedule`` records (PBT changes them over time).
-SCHEDULE_KEYS = ("epoch", "lr_g", "lr_d", "lambda_l1", "lambda_adv", "tag")
 LOSS_NAMES = ["g_adv", "g_l1", "d_real", "d_fake", "g_total"]
-
 
 @dataclass
 class TrainConfig:
@@ -178,39 +172,9 @@ class TrainConfig:
         r("lr_decay_start", self.lr_decay_start, 0, self.epochs, high_open=True)
 
 
+
 class NonFiniteLossError(RuntimeError):
     """A loss became NaN or infinite; training stops (the last checkpoint is intact)."""
-
-
-class RunFolderError(ColorjobError, ValueError):
-    """The run folder already holds something and neither resume nor overwrite was asked for."""
-
-
-#: What a run writes into its folder (what --overwrite removes).
-RUN_FILES = ("config.yaml", "metrics.csv", "loss.png", "checkpoints", "best", "samples", "tensorboard")  # fmt: skip
-
-
-def claim_out(cfg: TrainConfig, overwrite: bool, accelerator: Accelerator) -> None:
-    """A new run needs an empty (or new) folder: an earlier run is never silently replaced.
-
-    ``overwrite`` removes the earlier run's files first. Every process looks before any writes.
-    """
-    out = Path(cfg.out)
-    taken = out.is_dir() and any(out.iterdir())
-    accelerator.wait_for_everyone()
-    if taken and not overwrite:
-        raise RunFolderError(
-            f"{out} already holds a run (or other files): add --resume to continue it, "
-            "--overwrite to start over (its checkpoints, metrics, samples and best/ are "
-            "deleted), or choose another --out"
-        )
-    if taken and accelerator.is_main_process:
-        removed = [name for name in RUN_FILES if (out / name).exists()]
-        for name in removed:
-            path = out / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        log.warning(f"starting over in {out}: removed the earlier run's {', '.join(removed) or 'nothing'}")  # fmt: skip
-    accelerator.wait_for_everyone()
 
 
 def lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
@@ -280,9 +244,113 @@ def make_step(accelerator: Accelerator, G, D, opt_g, opt_d, cfg: TrainConfig):
     return step
 
 
+
+# ---- everything checked before anything is written ---------------------------------------------
+@dataclass
+class Inputs:
+    """A run's checked inputs: its splits, the held-out-style set and the weights to start from."""
+
+    train_ds: PairDataset
+    val_ds: PairDataset
+    holdout_ds: PairDataset | None
+    init: tuple | None  # (generator state, discriminator state or None) for --init-from
+
+
+@dataclass
+class Checked:
+    """What :func:`preflight` found: the folder claim, the checkpoint to resume and the inputs."""
+
+    claim: runfolder.Claim
+    state: dict | None
+    inputs: Inputs
+
+
+def check_inputs(cfg: TrainConfig, resume_state: dict | None = None) -> Inputs:
+    """The dataset (metadata, files, conditions), the held-out-style dataset and the model to
+    start from, checked against each other; raises a :class:`colorjob.errors.ColorjobError`."""
+    data_dir = storage.local_copy(cfg.data)  # a URI (s3://...) is fetched once per node
+    train_ds, val_ds = load_splits(data_dir, cfg.image_size, cfg.val_fraction, cfg.seed, cfg.split)
+    if val_ds is None:
+        raise DatasetError(
+            f"{cfg.data}: no validation split (val_fraction={cfg.val_fraction}, "
+            f"{train_ds.metadata['input'].nunique()} sketch(es)); use val_fraction > 0 and at least "
+            "2 sketches, or split=pair"
+        )
+    vocab = train_ds.vocab
+    holdout = None
+    if cfg.holdout_data:
+        holdout = PairDataset(storage.local_copy(cfg.holdout_data), cfg.image_size, vocab)
+    if resume_state is not None:
+        theirs = ConditionVocab.from_dict(resume_state["conditions"])
+        if theirs != vocab:
+            raise ModelError(
+                f"the checkpoint was trained on other conditions than {cfg.data} has: "
+                + "; ".join(theirs.differences(vocab))
+            )
+    init = None
+    if cfg.init_from and resume_state is None:
+        init = initial_weights(cfg.init_from, cfg, vocab)
+    return Inputs(train_ds, val_ds, holdout, init)
+
+
+def preflight(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Checked:
+    """Everything a run needs, checked before anything is written or removed: the run folder
+    (:func:`colorjob.runfolder.claim`), the checkpoint to resume (readable, complete, the same
+    networks), the dataset and the model to start from. Removes nothing."""
+    out = Path(cfg.out)
+    claim = runfolder.claim(out, resume, overwrite)
+    state = None
+    if resume:
+        state = checkpoint.load(out / "checkpoints")
+        checkpoint.check_compatible(cfgmod.to_dict(cfg), state)
+    return Checked(claim, state, check_inputs(cfg, state))
+
+
+def config_for_resume(overrides: dict, config_path: str | None = None) -> TrainConfig:
+    """The config a resumed run continues with: the run's own (``OUT/config.yaml``, or its
+    checkpoint's) with only ``overrides`` changed; ``OUT`` from the overrides or the config
+    file."""
+    out = Path(overrides.get("out") or cfgmod.load(TrainConfig, config_path).out)
+    if (out / "config.yaml").is_file():
+        return cfgmod.load(TrainConfig, out / "config.yaml", overrides | {"out": str(out)})
+    state = checkpoint.load(out / "checkpoints")
+    return cfgmod.from_dict(TrainConfig, cfgmod.merge(state["config"], overrides | {"out": str(out)}))
+
+
+def initial_weights(source: str, cfg: TrainConfig, vocab: ConditionVocab) -> tuple:
+    """``(generator state, discriminator state or None)`` to start a run from (``--init-from``):
+    an exported model folder (G), or a training checkpoint / run folder (G and D). Its conditions
+    and the networks' shapes must be this run's; the error says what differs."""
+    src = Path(source)
+    if (src / "model.json").is_file() or storage.is_uri(source):
+        from colorjob.export import generator_from_weights, read_model
+
+        meta, weights = read_model(source)
+        theirs, arch = ConditionVocab.from_dict(meta["conditions"]), {k: meta.get(k) for k in ("image_size", "ngf", "conditioning")}  # fmt: skip
+        g_state, d_state = generator_from_weights(meta, weights)[0].state_dict(), None
+    else:
+        if not src.exists():
+            raise ModelError(f"--init-from {source} does not exist: give an exported model folder (OUT/best) or a run folder / checkpoint")  # fmt: skip
+        state = checkpoint.load(src / "checkpoints" if (src / "checkpoints").is_dir() else src)
+        theirs, arch = ConditionVocab.from_dict(state["conditions"]), dict(state["config"])
+        g_state, d_state = state["generator"], state["discriminator"]
+    if theirs != vocab:
+        raise ModelError(
+            f"--init-from {source}: it was trained on other conditions than {cfg.data} has: "
+            + "; ".join(theirs.differences(vocab))
+        )
+    keys = ("image_size", "ngf", "conditioning") + (("ndf", "d_layers", "d_conditioning") if d_state is not None else ())  # fmt: skip
+    diff = [f"{k} {arch.get(k, 'concat' if 'conditioning' in k else None)!r} vs {getattr(cfg, k)!r}" for k in keys if arch.get(k, "concat" if "conditioning" in k else None) != getattr(cfg, k)]  # fmt: skip
+    if diff:
+        raise ModelError(
+            f"--init-from {source}: its networks differ from this run's ({'; '.join(diff)})"
+        )
+    return g_state, d_state
+
+
 # ---- one run -------------------------------------------------------------------------------------
 @dataclass
-class Run:
+class TrainState:
     """Everything a training run holds between epochs."""
 
     cfg: TrainConfig
@@ -306,6 +374,8 @@ class Run:
     samples_per_epoch: int = 0
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"val_l1": math.inf, "epoch": 0})
+    best_state: dict | None = None  # the best epoch's generator (a CPU snapshot, main process)
+    best_samples: bytes | None = None  # its sample grid (PNG)
 
     @property
     def out(self) -> Path:
@@ -314,52 +384,6 @@ class Run:
     @property
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
-
-
-def load_data(cfg: TrainConfig):
-    """The train and validation splits, and the held-out-style dataset (all of it) if asked."""
-    data_dir = storage.local_copy(cfg.data)  # a URI (s3://...) is fetched once per node
-    train_ds, val_ds = load_splits(data_dir, cfg.image_size, cfg.val_fraction, cfg.seed, cfg.split)
-    if val_ds is None:
-        raise DatasetError(
-            f"{cfg.data}: no validation split (val_fraction={cfg.val_fraction}, "
-            f"{train_ds.metadata['input'].nunique()} sketch(es)); use val_fraction > 0 and at least "
-            "2 sketches, or split=pair"
-        )
-    holdout = None
-    if cfg.holdout_data:
-        holdout = PairDataset(storage.local_copy(cfg.holdout_data), cfg.image_size, train_ds.vocab)
-    return train_ds, val_ds, holdout
-
-
-def initial_weights(source: str, cfg: TrainConfig, vocab: ConditionVocab) -> tuple:
-    """``(generator state, discriminator state or None)`` to start a run from (``--init-from``):
-    an exported model folder (G), or a training checkpoint / run folder (G and D). Its conditions
-    and the networks' shapes must be this run's; the error says what differs."""
-    src = Path(source)
-    if (src / "model.json").is_file() or storage.is_uri(source):
-        from colorjob.export import build_generator as rebuild
-        from colorjob.export import read_model
-
-        meta, weights = read_model(source)
-        theirs, arch = ConditionVocab.from_dict(meta["conditions"]), {k: meta.get(k) for k in ("image_size", "ngf", "conditioning")}  # fmt: skip
-        g_state, d_state = rebuild(meta, weights)[0].state_dict(), None
-    else:
-        state = checkpoint.load(src / "checkpoints" if (src / "checkpoints").is_dir() else src)
-        theirs, arch = ConditionVocab.from_dict(state["conditions"]), dict(state["config"])
-        g_state, d_state = state["generator"], state["discriminator"]
-    if theirs != vocab:
-        raise ModelError(
-            f"--init-from {source}: it was trained on other conditions than {cfg.data} has: "
-            + "; ".join(theirs.differences(vocab))
-        )
-    keys = ("image_size", "ngf", "conditioning") + (("ndf", "d_layers", "d_conditioning") if d_state is not None else ())  # fmt: skip
-    diff = [f"{k} {arch.get(k, 'concat' if 'conditioning' in k else None)!r} vs {getattr(cfg, k)!r}" for k in keys if arch.get(k, "concat" if "conditioning" in k else None) != getattr(cfg, k)]  # fmt: skip
-    if diff:
-        raise ModelError(
-            f"--init-from {source}: its networks differ from this run's ({'; '.join(diff)})"
-        )
-    return g_state, d_state
 
 
 def streams(cfg: TrainConfig, *splits: PairDataset) -> bool:
@@ -406,30 +430,19 @@ def _first_sketches(ds: PairDataset, n: int) -> PairDataset:
     return PairDataset(ds.root, ds.image_size, ds.vocab, rows=rows, metadata=ds.metadata)
 
 
-def setup(cfg: TrainConfig, resume: bool | str | Path = False, overwrite: bool = False) -> Run:
+
+def setup(cfg: TrainConfig, accelerator: Accelerator, checked: Checked) -> TrainState:
     """Data, networks, optimisers and (when resuming) their restored state."""
-    kwargs = {"log_with": "tensorboard", "project_dir": cfg.out} if cfg.log_with != "none" else {}
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, **kwargs)
-    state = None
-    if resume:
-        state = checkpoint.load(Path(cfg.out) / "checkpoints" if resume is True else resume)
-        checkpoint.check_compatible(cfgmod.to_dict(cfg), state)
+    state, inputs = checked.state, checked.inputs
+    if state is not None and accelerator.is_main_process:
         changed = _changes(state["config"], cfgmod.to_dict(cfg))
-        if changed and accelerator.is_main_process:
+        if changed:
             log.info(f"resuming with changes: {'; '.join(changed)}")
-    else:
-        claim_out(cfg, overwrite, accelerator)
     set_seed(cfg.seed)
-    train_ds, val_ds, holdout_ds = load_data(cfg)
+    train_ds, val_ds, holdout_ds = inputs.train_ds, inputs.val_ds, inputs.holdout_ds
     vocab = train_ds.vocab
-    if state is not None and ConditionVocab.from_dict(state["conditions"]) != vocab:
-        raise ModelError(
-            f"the checkpoint was trained on conditions {ConditionVocab.from_dict(state['conditions'])} "
-            f"but {cfg.data} has {vocab}"
-        )
-    init = initial_weights(cfg.init_from, cfg, vocab) if cfg.init_from and state is None else None
     cuda = accelerator.device.type == "cuda"
-    G, D, opt_g, opt_d = build_networks(cfg, vocab.num_channels, cuda, init)
+    G, D, opt_g, opt_d = build_networks(cfg, vocab.num_channels, cuda, inputs.init)
     stream = streams(cfg, train_ds, val_ds)
     G, D, opt_g, opt_d = accelerator.prepare(G, D, opt_g, opt_d)
     train_set, loader, sampler, per_epoch = training_source(cfg, train_ds, accelerator, stream)
@@ -442,7 +455,7 @@ def setup(cfg: TrainConfig, resume: bool | str | Path = False, overwrite: bool =
     device = accelerator.device
     val_set = None if stream else DeviceSet(val_ds, device)
     shown = val_set if val_set is not None else DeviceSet(_first_sketches(val_ds, cfg.sample_sketches), device)  # fmt: skip
-    run = Run(
+    run = TrainState(
         cfg, accelerator, vocab, train_set, val_set, val_ds, None if stream else region_masks(val_ds),
         sample_grid(shown, cfg.sample_sketches, cfg.sample_conditions), nets, loader, sampler,
         make_step(accelerator, G, D, opt_g, opt_d, cfg), samples_per_epoch=per_epoch,
@@ -459,6 +472,10 @@ def setup(cfg: TrainConfig, resume: bool | str | Path = False, overwrite: bool =
         set_learning_rates(run)
         if run.history and run.history[-1].get("tag", "") not in ("", cfg.tag):
             run.parent = run.history[-1]["tag"]
+        if run.is_main:
+            run.best_state = checkpoint.best_generator(state)
+            run.best_samples = checkpoint.best_samples(state)
+            runfolder.ensure_best(state, run.out)  # best/ as the checkpoint knows it
     if run.is_main:
         (run.out / "samples").mkdir(parents=True, exist_ok=True)
         (run.out / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -479,7 +496,7 @@ def setup(cfg: TrainConfig, resume: bool | str | Path = False, overwrite: bool =
     return run
 
 
-def set_learning_rates(run: Run) -> None:
+def set_learning_rates(run: TrainState) -> None:
     """This config's learning rates, not the checkpoint's: a resumed run keeps its own, and a PBT
     trial that took over another's checkpoint continues with its newly chosen rates."""
     cfg, factor = run.cfg, lr_factor(run.cfg)
@@ -489,7 +506,7 @@ def set_learning_rates(run: Run) -> None:
             group["lr"] = lr * factor(run.nets[sched].last_epoch)
 
 
-def train_epoch(run: Run, epoch: int) -> tuple[list[float], float]:
+def train_epoch(run: TrainState, epoch: int) -> tuple[list[float], float]:
     """One pass over the training split; returns the mean losses and the seconds it took."""
     cfg, t0 = run.cfg, time.perf_counter()
     set_seed(epoch_seed(cfg.seed, epoch), device_specific=True)  # dropout and flips replay
@@ -530,7 +547,7 @@ def train_epoch(run: Run, epoch: int) -> tuple[list[float], float]:
     return mean.tolist(), time.perf_counter() - t0
 
 
-def evaluate_split(run: Run, held: DeviceSet | None, ds: PairDataset, masks) -> dict:
+def evaluate_split(run: TrainState, held: DeviceSet | None, ds: PairDataset, masks) -> dict:
     """Validation metrics of a split: from the device, or streamed a chunk at a time."""
     g, bs = run.nets["generator"], run.cfg.eval_batch_size
     return validate(g, held, masks, bs) if held is not None else validate_streamed(g, ds, bs)
@@ -540,12 +557,13 @@ def due(every: int, epoch: int, last: int) -> bool:
     return epoch % every == 0 or epoch == last
 
 
-def end_epoch(run: Run, epoch: int, row: dict, t0: float) -> Path | None:
+def end_epoch(run: TrainState, epoch: int, row: dict, t0: float) -> Path | None:
     """Samples, best export, checkpoint, metrics.csv and loss.png of one epoch (main process).
 
-    A new best exports the generator (``best/``); the full state (G, D, optimisers: what resume
-    needs) is written only every ``checkpoint_every`` epochs, at ``checkpoint_at`` and at the
-    end, by a background thread. Returns the checkpoint folder when this epoch saved one.
+    A new best exports the generator (``best/``) and is kept as a snapshot, so every later
+    checkpoint carries it; the full state (G, D, optimisers: what resume needs) is written only
+    every ``checkpoint_every`` epochs, at ``checkpoint_at`` and at the end, by a background
+    thread. Returns the checkpoint folder when this epoch saved one.
     """
     cfg, out, g = run.cfg, run.out, run.nets["generator"]
     is_best = row["val_l1"] is not None and row["val_l1"] < run.best["val_l1"]
@@ -558,29 +576,27 @@ def end_epoch(run: Run, epoch: int, row: dict, t0: float) -> Path | None:
         if drawn or is_best:
             sample_png = save_samples(g, run.grid, run.vocab, out / "samples" / f"epoch_{epoch:03d}.png", cfg.eval_batch_size)  # fmt: skip
         if is_best:
-            schedule = [{k: h.get(k) for k in SCHEDULE_KEYS} for h in [*run.history, row]]
+            run.best_state = checkpoint.snapshot(g.state_dict())
+            run.best_samples = Path(sample_png).read_bytes()
             export_generator(
                 g, run.vocab, out / "best", metrics=row, config=cfgmod.to_dict(cfg),
-                samples=sample_png, schedule=schedule,
+                samples=sample_png, schedule=runfolder.schedule([*run.history, row], epoch),
             )  # fmt: skip
+        row["seconds"] = time.perf_counter() - t0  # final: the checkpoint's row is the same
         if due(cfg.checkpoint_every, epoch, cfg.epochs) or epoch in cfg.checkpoint_at:
-            row["seconds"] = time.perf_counter() - t0
             state = checkpoint.capture(
                 epoch, run.nets, cfgmod.to_dict(cfg), run.vocab.to_dict(), run.history + [row],
-                run.best,
+                run.best, run.best_state, run.best_samples,
             )  # fmt: skip
             best = out / "checkpoints" / checkpoint.BEST if run.best["epoch"] == epoch else None
             run.writer.submit(state, out / "checkpoints" / checkpoint.LAST, also=best)
             saved = out / "checkpoints"
-    row["seconds"] = time.perf_counter() - t0
+    row.setdefault("seconds", time.perf_counter() - t0)
     run.history.append(row)
     if run.is_main:
-        _write_metrics(run.history, out / "metrics.csv")
+        runfolder.write_metrics(run.history, out / "metrics.csv")
         if drawn:
-            plot_curves(
-                run.history, out / "loss.png",
-                [("generator", ["g_adv", "g_l1"]), ("discriminator", ["d_real", "d_fake"]), ("validation L1", ["val_l1"])],
-            )  # fmt: skip
+            runfolder.plot_loss(run.history, out / "loss.png")
         log.info(_summary(row, cfg.epochs, is_best))
     if cfg.log_with != "none":
         run.accelerator.log(
@@ -603,44 +619,35 @@ def _summary(row: dict, epochs: int, is_best: bool) -> str:
 
 def train(
     cfg: TrainConfig,
-    resume: bool | str | Path = False,
+    resume: bool = False,
     report: Callable[[dict, Path | None], None] | None = None,
     overwrite: bool = False,
 ) -> dict:
     """Run (or resume) a training run; returns a summary dict (best epoch, its metrics, paths).
 
-    ``resume``: True resumes from ``OUT/checkpoints/last.pt``; a path resumes from that file (or
-    directory). Without it the run folder must be empty or new, unless ``overwrite`` (start over).
-    ``report(metrics, checkpoint_dir)`` is called after every epoch (Ray Tune passes one;
-    ``checkpoint_dir`` is None on epochs that saved no checkpoint).
+    ``resume``: continue from ``OUT/checkpoints/last.pt``. Without it the run folder must be
+    empty or new, unless ``overwrite`` (start over: only the run's own files are removed, and
+    only once every check has passed). ``report(metrics, checkpoint_dir)`` is called after every
+    validated epoch (a search trial passes one; ``checkpoint_dir`` is None on epochs that saved
+    no checkpoint).
     """
-    run = setup(cfg, resume, overwrite)
+    kwargs = {"log_with": "tensorboard", "project_dir": cfg.out} if cfg.log_with != "none" else {}
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, **kwargs)
+    checked = preflight(cfg, resume, overwrite)  # on every process, before anything is removed
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        runfolder.clear(checked.claim)
+        runfolder.remove_stale_temporaries(Path(cfg.out))
+    accelerator.wait_for_everyone()
+    run = setup(cfg, accelerator, checked)
+    del checked  # the checkpoint's tensors are in the networks now
     if run.start > cfg.epochs:
         log.info(f"already trained {run.start - 1} epochs (>= epochs={cfg.epochs}): nothing to do")
-    for epoch in range(run.start, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        losses, train_seconds = train_epoch(run, epoch)
-        evaluated = due(cfg.eval_every, epoch, cfg.epochs)
-        val = dict.fromkeys(("val_l1", "val_psnr", "val_fidelity"))
-        if evaluated:
-            val = evaluate_split(run, run.val_set, run.val_ds, run.val_masks)
-            if run.holdout_ds is not None:
-                held = evaluate_split(run, run.holdout_set, run.holdout_ds, run.holdout_masks)
-                val |= {"holdout_l1": held["val_l1"], "holdout_fidelity": held["val_fidelity"]}
-        opt_g, opt_d = run.nets["opt_g"], run.nets["opt_d"]
-        row = {
-            "epoch": epoch, **dict(zip(("g_adv", "g_l1", "d_real", "d_fake"), losses[:4], strict=True)),
-            **val, "lr_g": opt_g.param_groups[0]["lr"], "lr_d": opt_d.param_groups[0]["lr"],
-            "lambda_l1": cfg.lambda_l1, "lambda_adv": cfg.lambda_adv, "tag": cfg.tag, "parent": run.parent,
-            "samples_per_s": run.samples_per_epoch / train_seconds, "train_seconds": train_seconds,
-        }  # fmt: skip
-        run.parent = ""
-        saved = end_epoch(run, epoch, row, t0)
-        if report is not None and evaluated:
-            if saved is not None:
-                run.writer.wait()  # the reported checkpoint must be on disk
-            report(dict(row), saved)
-    run.writer.wait()
+    try:
+        for epoch in range(run.start, cfg.epochs + 1):
+            run_epoch(run, epoch, report)
+    finally:
+        run.writer.wait()  # even when interrupted: no half-written checkpoint is left behind
     run.accelerator.wait_for_everyone()
     if cfg.log_with != "none":
         run.accelerator.end_training()
@@ -650,6 +657,32 @@ def train(
         "best": best_row, "epochs": run.history[-1]["epoch"] if run.history else 0,
         "history": run.history,
     }  # fmt: skip
+
+
+def run_epoch(run: TrainState, epoch: int, report) -> None:
+    """Train, validate, record and report one epoch."""
+    cfg, t0 = run.cfg, time.perf_counter()
+    losses, train_seconds = train_epoch(run, epoch)
+    evaluated = due(cfg.eval_every, epoch, cfg.epochs)
+    val = dict.fromkeys(("val_l1", "val_psnr", "val_fidelity"))
+    if evaluated:
+        val = evaluate_split(run, run.val_set, run.val_ds, run.val_masks)
+        if run.holdout_ds is not None:
+            held = evaluate_split(run, run.holdout_set, run.holdout_ds, run.holdout_masks)
+            val |= {"holdout_l1": held["val_l1"], "holdout_fidelity": held["val_fidelity"]}
+    opt_g, opt_d = run.nets["opt_g"], run.nets["opt_d"]
+    row = {
+        "epoch": epoch, **dict(zip(("g_adv", "g_l1", "d_real", "d_fake"), losses[:4], strict=True)),
+        **val, "lr_g": opt_g.param_groups[0]["lr"], "lr_d": opt_d.param_groups[0]["lr"],
+        "lambda_l1": cfg.lambda_l1, "lambda_adv": cfg.lambda_adv, "tag": cfg.tag, "parent": run.parent,
+        "samples_per_s": run.samples_per_epoch / train_seconds, "train_seconds": train_seconds,
+    }  # fmt: skip
+    run.parent = ""
+    saved = end_epoch(run, epoch, row, t0)
+    if report is not None and evaluated:
+        if saved is not None:
+            run.writer.wait()  # the reported checkpoint must be on disk
+        report(dict(row), saved)
 
 
 def _check_finite(losses: list[torch.Tensor], start: int, epoch: int, cfg: TrainConfig, bar) -> int:
@@ -676,101 +709,7 @@ def _changes(old: dict, new: dict) -> list[str]:
     return [f"{k} {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v]
 
 
-def _write_metrics(history: list[dict], path: Path) -> None:
-    with storage.replacing(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-        w.writeheader()
-        for h in history:
-            w.writerow({k: ("" if h.get(k) is None else h[k]) for k in METRIC_COLUMNS})
+if __name__ == "__main__":  # python -m colorjob.train: the command, run from the real module
+    from colorjob.cli import main
 
-
-# ---- command line --------------------------------------------------------------------------------
-def build_parser(prog: str = "python -m colorjob.train"):
-    p = cli.parser(
-        prog,
-        "Train the conditional sketch-colorization GAN (pix2pix U-Net + PatchGAN) on a dataset "
-        "folder in the seed's format. Writes metrics.csv, samples/, loss.png, checkpoints/, "
-        "config.yaml and the exported best generator (best/) to --out.",
-        "Config: a YAML file of TrainConfig keys (configs/train.yaml = the seed's settings, "
-        "configs/cpu.yaml = a small profile for a laptop CPU); flags and --set override it. "
-        "Example: colorjob train --config configs/cpu.yaml --data data/chars-64 --out runs/cpu",
-    )
-    cli.flag(
-        p, "--data", "data", help="dataset folder with metadata.csv (make one: colorjob synth)"
-    )
-    cli.flag(p, "--out", "out", help="output folder for this run")
-    cli.flag(p, "--epochs", "epochs", type=int, help="total epochs; with --resume, a larger value extends a finished run")  # fmt: skip
-    cli.flag(p, "--image-size", "image_size", type=int, help="square image side, a power of two >= 32 (seed: 256)")  # fmt: skip
-    cli.flag(p, "--batch-size", "batch_size", type=int, help="samples per step")
-    cli.flag(p, "--seed", "seed", type=int, help="seed for the split, initialisation, shuffling and dropout")  # fmt: skip
-    cli.flag(p, "--mixed-precision", "mixed_precision", choices=["no", "bf16", "fp16"], help="bf16 on recent GPUs is fastest")  # fmt: skip
-    cli.flag(p, "--init-from", "init_from", help="start from an exported model (G) or a training checkpoint / run folder (G and D): fine-tuning")  # fmt: skip
-    p.add_argument("--workers", type=int, default=1, help="train on this many Ray Train workers (data parallel; on the Ray cluster there is, or a local one)")  # fmt: skip
-    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="with --workers: CPUs (torch threads) per worker")  # fmt: skip
-    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="with --workers: GPUs per worker")  # fmt: skip
-    what = p.add_mutually_exclusive_group()
-    what.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint, with the run's own config (OUT/config.yaml) and what this command line changes")  # fmt: skip
-    what.add_argument("--overwrite", action="store_true", help="start over in a folder that holds an earlier run (its checkpoints, metrics, samples and best/ are deleted)")  # fmt: skip
-    p.add_argument("--dry-run", action="store_true", help="check the install: 1 epoch on a tiny generated dataset, then exit")  # fmt: skip
-    return p
-
-
-def config_from_args(args) -> TrainConfig:
-    if not args.resume:
-        return cli.load(TrainConfig, args)
-    # Resume with the run's own config (OUT/config.yaml, or the checkpoint's for runs older than
-    # it); only what is given on this command line changes.
-    overrides = cli.overrides(args)
-    out = Path(overrides.get("out") or cfgmod.load(TrainConfig, args.config).out)
-    if (out / "config.yaml").is_file():
-        return cfgmod.load(TrainConfig, out / "config.yaml", overrides)
-    state = checkpoint.load(out / "checkpoints")
-    return cfgmod.from_dict(TrainConfig, cfgmod.merge(state["config"], overrides))
-
-
-def command(args) -> int:
-    if args.dry_run:
-        return _dry_run()
-    cfg = config_from_args(args)
-    if args.workers > 1:
-        from colorjob.distributed import train_on_ray
-
-        train_on_ray(cfg, args.workers, args.cpus_per_worker, args.gpus_per_worker, args.resume, args.overwrite)  # fmt: skip
-        return 0
-    try:
-        summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
-    except NonFiniteLossError as e:
-        log.error(str(e))
-        return 1
-    from accelerate import PartialState
-
-    if not PartialState().is_main_process:  # one summary, not one per process
-        return 0
-    if summary["best"]:
-        b = summary["best"]
-        fid = "n/a" if b["val_fidelity"] is None else f"{b['val_fidelity']:.3f}"
-        log.info(f"best epoch {summary['best_epoch']}: val L1 {b['val_l1']:.4f}, fidelity {fid}")
-    log.info(f"exported generator: {Path(cfg.out) / 'best'}")
-    return 0
-
-
-def _dry_run() -> int:
-    from colorjob import synth
-
-    with tempfile.TemporaryDirectory() as tmp:
-        data = synth.generate(Path(tmp) / "data", sketches=3, seed=0, size=32, workers=1)
-        cfg = TrainConfig(
-            data=str(data), out=str(Path(tmp) / "run"), image_size=32, ngf=8, ndf=8, epochs=1,
-            batch_size=4, val_fraction=0.34,
-        )  # fmt: skip
-        s = train(cfg)
-        log.info(f"dry run ok: 1 epoch, val L1 {s['best_val_l1']:.4f}")
-    return 0
-
-
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    return cli.run(build_parser(prog or "python -m colorjob.train"), command, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["train", *sys.argv[1:]]))

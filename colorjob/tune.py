@@ -1,6 +1,6 @@
 """Hyper-parameter search with Ray Tune: each trial is one :func:`colorjob.train.train` run.
 
-    python jobs/tune.py --config configs/tune.yaml                     # local Ray
+    colorjob tune --config configs/tune.yaml                            # a private local Ray
     ray job submit --working-dir . -- python jobs/tune.py --config configs/tune.yaml   # a cluster
 
 Search: OptunaSearch (TPE, seeded) over the config's ``search`` space, starting from the seed's
@@ -10,6 +10,11 @@ metrics and, every ``train.checkpoint_every`` epochs, a checkpoint (``last.pt`` 
 ``--resume`` (finished trials are not rerun; the searcher's state comes back). At the end:
 ``<storage>/<name>/trials.csv`` and ``trials.png`` and the best trial's generator in
 ``<storage>/<name>/best/``.
+
+Everything that can be wrong (the search space against :class:`colorjob.train.TrainConfig`'s
+ranges, the dataset, the model to start from, what a trial asks of a fixed-size private Ray, a
+``--resume`` with nothing to resume) is refused before Ray starts and before anything is written.
+The trial body is :mod:`colorjob.trial`, shared with multi-worker runs.
 """
 
 from __future__ import annotations
@@ -28,11 +33,11 @@ from typing import Literal
 
 import pandas as pd
 
-from colorjob import cli, storage
 from colorjob import config as cfgmod
-from colorjob.checkpoint import pack_run, unpack_best
+from colorjob import runfolder, storage, trial
+from colorjob.checkpoint import LAST
 from colorjob.models import num_downs_for
-from colorjob.train import NonFiniteLossError, TrainConfig, train
+from colorjob.train import TrainConfig, check_inputs
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +141,9 @@ class TuneConfig:
     scheduler: Scheduler = field(default_factory=Scheduler)
     max_failures: int = 1  # retries of a crashed trial (from its last checkpoint)
     generate_data: GenerateData | None = None  # make a synthetic dataset if train.data is missing
+    # On a cluster that may grow (RAY_ADDRESS): stop the search when no trial could start for
+    # this long (a trial asking more than any node has would otherwise wait forever).
+    pending_timeout_s: float = 1800.0
 
     def __post_init__(self) -> None:
         if not self.name.strip() or "/" in self.name or self.name in (".", ".."):
@@ -146,15 +154,43 @@ class TuneConfig:
         cfgmod.check_range("max_concurrent_trials", self.max_concurrent_trials, 1)
         cfgmod.check_range("fidelity_weight", self.fidelity_weight, 0)
         cfgmod.check_range("max_failures", self.max_failures, -1)
+        cfgmod.check_range("pending_timeout_s", self.pending_timeout_s, 0, low_open=True)
 
 
 # ---- the search space --------------------------------------------------------------------------
-def search_space(cfg: TuneConfig) -> dict:
-    """The config's ``search`` mapping as Ray Tune domains (checked against TrainConfig)."""
-    from ray import tune
+def _bounds(key: str, kind: str, args) -> list:
+    """The values a distribution can take at its ends (what must be valid settings of ``key``)."""
+    where = f"search.{key}: {kind} {args!r}"
+    if kind == "choice":
+        if not isinstance(args, list) or not args:
+            raise cfgmod.ConfigError(f"{where}: choice needs a non-empty list of values")
+        return list(args)
+    n = {"loguniform": 2, "uniform": 2, "randint": 2, "quniform": 3}[kind]
+    if not isinstance(args, list) or len(args) != n or not all(isinstance(a, int | float) and not isinstance(a, bool) for a in args):  # fmt: skip
+        shape = "[low, high, q]" if n == 3 else "[low, high]"
+        raise cfgmod.ConfigError(f"{where}: {kind} needs {n} numbers {shape}")
+    low, high = args[0], args[1]
+    if not low < high:
+        raise cfgmod.ConfigError(f"{where}: low ({low:g}) must be below high ({high:g})")
+    if kind == "loguniform" and low <= 0:
+        raise cfgmod.ConfigError(f"{where}: loguniform needs low > 0")
+    if kind == "quniform" and args[2] <= 0:
+        raise cfgmod.ConfigError(f"{where}: quniform needs q > 0")
+    if kind == "randint":
+        if not all(float(a).is_integer() for a in args):
+            raise cfgmod.ConfigError(f"{where}: randint needs integers")
+        return [int(low), int(high) - 1]  # high is exclusive
+    return [low, high]
 
+
+def check_search(cfg: TuneConfig) -> None:
+    """The ``search`` space, without Ray: every key a training setting, every distribution well
+    formed (low < high, ...) and every value it can take a valid setting of its key (e.g. a
+    learning rate in (0, 1]). Raises :class:`colorjob.config.ConfigError` naming the key."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    space = {}
+    if not cfg.search:
+        raise cfgmod.ConfigError("search is empty: name at least one training key to search over")
+    base = cfgmod.to_dict(cfg.train)
     for key, spec in cfg.search.items():
         if key not in fields:
             raise cfgmod.ConfigError(
@@ -166,68 +202,53 @@ def search_space(cfg: TuneConfig) -> dict:
                 f"{{quniform: [low, high, q]}}, {{randint: [low, high]}}, {{choice: [a, b, ...]}}; got {spec!r}"
             )
         ((kind, args),) = spec.items()
-        try:
-            space[key] = tune.choice(list(args)) if kind == "choice" else getattr(tune, kind)(*args)
-        except (TypeError, ValueError) as e:
-            raise cfgmod.ConfigError(f"search.{key}: bad {kind} arguments {args!r}: {e}") from None
-    if not space:
-        raise cfgmod.ConfigError("search is empty: name at least one training key to search over")
+        for value in _bounds(key, kind, args):
+            try:
+                cfgmod.from_dict(TrainConfig, base | {key: value})
+            except cfgmod.ConfigError as e:
+                raise cfgmod.ConfigError(
+                    f"search.{key}: {kind} {args!r} reaches {value!r}, which is not a valid "
+                    f"setting ({e})"
+                ) from None
+
+
+def search_space(cfg: TuneConfig) -> dict:
+    """The config's ``search`` mapping as Ray Tune domains (checked by :func:`check_search`)."""
+    from ray import tune
+
+    check_search(cfg)
+    space = {}
+    for key, spec in cfg.search.items():
+        ((kind, args),) = spec.items()
+        space[key] = tune.choice(list(args)) if kind == "choice" else getattr(tune, kind)(*args)
     return space
 
 
-def score(metrics: dict, fidelity_weight: float) -> float:
-    """The search's ``score``: val L1 plus ``fidelity_weight`` x the share of wrong colours."""
-    fid = metrics.get("val_fidelity")
-    return metrics["val_l1"] + fidelity_weight * (1.0 - (fid if fid is not None else 0.0))
-
-
-def folder_bytes(folder: Path) -> int:
-    """Bytes of the files under ``folder`` (a checkpoint about to be reported)."""
-    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
-
-
 # ---- one trial (runs in a Ray worker) ----------------------------------------------------------
-def train_gan(params: dict, base: dict, tune_cfg: dict) -> None:
-    """Tune's function trainable: the training run with ``params`` over ``base``."""
+def train_gan(params: dict, base: dict, fidelity_weight: float, threads: int) -> None:
+    """Tune's function trainable: the training run with ``params`` over ``base``
+    (:func:`colorjob.trial.run` in the trial's own working directory)."""
     import torch
     from ray import tune
 
-    cfg = cfgmod.from_dict(TuneConfig, tune_cfg)
-    out = Path(os.getcwd()) / "run"  # the trial's own working directory on this node
+    here = Path(os.getcwd())  # the trial's own working directory on this node
     tag = tune.get_context().get_trial_id() or ""
-    train_cfg = cfgmod.from_dict(TrainConfig, cfgmod.merge(base, params) | {"out": str(out), "tag": tag})  # fmt: skip
-    torch.set_num_threads(max(1, int(cfg.resources.cpu)))
-    resume = None
+    cfg = cfgmod.from_dict(TrainConfig, cfgmod.merge(base, params) | {"out": str(here / "run"), "tag": tag})  # fmt: skip
+    torch.set_num_threads(threads)
+    restored = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:  # a retry, a resumed experiment, or a PBT exploit: continue from it
-        shutil.rmtree(out / "restored", ignore_errors=True)
-        restored = Path(checkpoint.to_directory(str(out / "restored")))
-        resume = restored / "last.pt"
-        shutil.rmtree(out / "best", ignore_errors=True)  # the checkpoint's best/ goes with it
-        if (restored / "best").is_dir():
-            unpack_best(restored, out / "best")
+        shutil.rmtree(here / "restored", ignore_errors=True)
+        restored = Path(checkpoint.to_directory(str(here / "restored")))
 
-    def report(metrics: dict, checkpoint_dir: Path | None) -> None:
-        metrics = {k: v for k, v in metrics.items() if v is not None}
-        metrics["score"] = score(metrics, cfg.fidelity_weight)
-        metrics["reported_at"] = time.time()  # orders reports across trials (benchmarks)
-        metrics["checkpoint_bytes"] = 0
-        if checkpoint_dir is None:
-            tune.report(metrics)
-            return
-        with tempfile.TemporaryDirectory(dir=out) as tmp:  # last.pt + best/, not best.pt too
-            pack_run(out, checkpoint_dir / "last.pt", Path(tmp), metrics["epoch"])
-            metrics["checkpoint_bytes"] = folder_bytes(Path(tmp))
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+    def publish(metrics: dict, folder: Path | None) -> None:
+        ckpt = None if folder is None else tune.Checkpoint.from_directory(str(folder))
+        tune.report(metrics, checkpoint=ckpt)
 
-    try:
-        # The trial's folder is Tune's own: a retry without a checkpoint starts over in it.
-        train(train_cfg, resume=resume or False, report=report, overwrite=resume is None)
-    except NonFiniteLossError as e:
-        raise RuntimeError(f"trial stopped: {e}") from None
+    trial.run(cfg, restored, publish, fidelity_weight)
 
 
-def train_gan_workers(params: dict, base: dict, tune_cfg: dict) -> None:
+def train_gan_workers(params: dict, base: dict, fidelity_weight: float, name: str, storage_path: str, resources: dict, max_failures: int) -> None:  # fmt: skip
     """Tune's function trainable for trials of several workers: a driver launching a Ray Train
     ``TorchTrainer`` (:mod:`colorjob.distributed`) whose workers report to Tune. A retried or
     resumed trial continues from Ray Train's latest checkpoint of the same run."""
@@ -235,13 +256,12 @@ def train_gan_workers(params: dict, base: dict, tune_cfg: dict) -> None:
 
     from colorjob.distributed import trainer
 
-    cfg = cfgmod.from_dict(TuneConfig, tune_cfg)
-    trial = tune.get_context().get_trial_id() or "trial"
-    train_cfg = cfgmod.merge(base, params) | {"tag": trial}
-    r = cfg.resources
+    trial_id = tune.get_context().get_trial_id() or "trial"
+    train_cfg = cfgmod.merge(base, params) | {"tag": trial_id}
+    r = Resources(**resources)
     trainer(
-        train_cfg, f"{cfg.name}-{trial}", f"{experiment_path(cfg)}/workers", r.workers, r.cpu, r.gpu,
-        max_failures=max(0, cfg.max_failures), tune_report=True, fidelity_weight=cfg.fidelity_weight,
+        train_cfg, f"{name}-{trial_id}", f"{storage_path}/workers", r.workers, r.cpu, r.gpu,
+        max_failures=max(0, max_failures), tune_report=True, fidelity_weight=fidelity_weight,
     ).fit()  # fmt: skip
 
 
@@ -344,11 +364,19 @@ def build_tuner(cfg: TuneConfig, resume: bool = False):
     if cfg.resources.workers > 1:  # the trial only drives its Ray Train workers
         if cfg.scheduler.pbt is not None:
             raise cfgmod.ConfigError("scheduler.pbt needs single-worker trials (resources.workers: 1): PBT exploits Tune checkpoints")  # fmt: skip
+        fn = tune.with_parameters(
+            train_gan_workers, base=base, fidelity_weight=cfg.fidelity_weight, name=cfg.name,
+            storage_path=experiment_path(cfg), resources=cfgmod.to_dict(cfg.resources),
+            max_failures=cfg.max_failures,
+        )  # fmt: skip
         # no CPU (its workers hold those); Tune needs one resource in the trial's bundle
-        fn, need = train_gan_workers, {"cpu": 0, "memory": 64 * 2**20}
+        trainable = tune.with_resources(fn, {"cpu": 0, "memory": 64 * 2**20})
     else:
-        fn, need = train_gan, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}
-    trainable = tune.with_resources(tune.with_parameters(fn, base=base, tune_cfg=cfgmod.to_dict(cfg)), need)  # fmt: skip
+        fn = tune.with_parameters(
+            train_gan, base=base, fidelity_weight=cfg.fidelity_weight,
+            threads=max(1, int(cfg.resources.cpu)),
+        )  # fmt: skip
+        trainable = tune.with_resources(fn, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
     path = experiment_path(cfg)
     fs, inner = storage.resolve(path)
     if resume:
@@ -376,6 +404,7 @@ def build_tuner(cfg: TuneConfig, resume: bool = False):
             storage_path=inner.rsplit("/", 1)[0],
             storage_filesystem=fs,  # endpoint and credentials resolved the colorjob way
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+            callbacks=[PendingTimeout(cfg.pending_timeout_s)],
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1 if cfg.scheduler.pbt is None else 4
             ),
@@ -463,7 +492,11 @@ def finish(results, cfg: TuneConfig) -> Path | str | None:
         return None
     dest = storage.join(exp, "best")
     with ckpt.as_directory() as d, tempfile.TemporaryDirectory() as tmp:
-        publish(unpack_best(Path(d), Path(tmp) / "best"), dest)  # as a unit: it never vanishes
+        state = runfolder.write(Path(d) / LAST, Path(tmp))  # best/ made from the one last.pt
+        if not (Path(tmp) / "best").is_dir():
+            log.warning(f"the best trial's checkpoint (epoch {state['epoch']}) holds no validated generator: nothing to export")  # fmt: skip
+            return None
+        publish(Path(tmp) / "best", dest)  # as a unit: it never vanishes
     return Path(dest) if not storage.is_uri(dest) else dest
 
 
@@ -555,7 +588,7 @@ def fit_concurrency(cfg: TuneConfig) -> TuneConfig:
     so trials that do not fit wait on each other's worker groups instead of queueing in Tune."""
     import ray
 
-    if cfg.resources.workers == 1 or os.environ.get("RAY_ADDRESS"):
+    if cfg.resources.workers == 1 or on_cluster():
         return cfg
     cpus = ray.cluster_resources().get("CPU", 0)
     fit = max(1, int(cpus // (cfg.resources.workers * cfg.resources.cpu)))
@@ -565,71 +598,137 @@ def fit_concurrency(cfg: TuneConfig) -> TuneConfig:
     return cfg
 
 
-def run(cfg: TuneConfig, resume: bool = False, force: bool = False) -> Path | str | None:
-    """Start (or resume) the search on the Ray that is there (or a local one); returns best/."""
-    from colorjob.cluster import connect
-    from colorjob.data import read_metadata
+def on_cluster() -> bool:
+    """Whether the search joins a cluster (``RAY_ADDRESS``) rather than a private local Ray."""
+    from colorjob.cluster import joins_cluster
 
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    return joins_cluster()
+
+
+def trial_needs(cfg: TuneConfig) -> dict[str, float]:
+    """What one trial holds while it runs: its workers' CPUs and GPUs together."""
+    r = cfg.resources
+    return {"CPU": r.cpu * r.workers, "GPU": r.gpu * r.workers}
+
+
+def check_resources(cfg: TuneConfig, available: dict) -> None:
+    """A trial must fit the Ray it runs on. On a private local Ray (a fixed size) a trial that
+    cannot ever start is refused; on a cluster, which may grow, it is said once (and the search
+    stops after ``pending_timeout_s`` without any trial able to start)."""
+    need = trial_needs(cfg)
+    short = [
+        f"{need[k]:g} {k}s (has {available.get(k, 0):g})"
+        for k in ("CPU", "GPU")
+        if need[k] > available.get(k, 0) + 1e-9
+    ]
+    if not short:
+        return
+    if not on_cluster():
+        raise cfgmod.ConfigError(
+            f"a trial asks for {' and '.join(short)} but this machine's Ray has no more: it would "
+            "wait forever. Lower resources.cpu / resources.gpu / resources.workers, or run the "
+            "search on a cluster (RAY_ADDRESS)"
+        )
+    log.warning(
+        f"a trial asks for {' and '.join(short)}, more than the cluster has now: waiting for "
+        f"the autoscaler; the search stops if no trial can start within {cfg.pending_timeout_s:g} s "
+        "(pending_timeout_s)"
+    )
+
+
+class PendingTimeout:
+    """A Tune callback: stop the search with a clear error when trials have waited
+    ``seconds`` with none running (nothing the cluster has can start them)."""
+
+    def __new__(cls, seconds: float):
+        from ray.tune import Callback
+
+        class _PendingTimeout(Callback):
+            def __init__(self):
+                self.since: float | None = None
+
+            def on_step_end(self, iteration, trials, **info):
+                waiting = [t for t in trials if t.status == "PENDING"]
+                if not waiting or any(t.status == "RUNNING" for t in trials):
+                    self.since = None
+                    return
+                now = time.monotonic()
+                self.since = self.since or now
+                if now - self.since > seconds:
+                    raise SearchStalled(
+                        f"{len(waiting)} trial(s) waited {seconds:g} s and none could start: the "
+                        "cluster has no node with the resources a trial asks for "
+                        "(resources.cpu / gpu / workers); lower them or add such nodes"
+                    )
+
+        return _PendingTimeout()
+
+
+class SearchStalled(cfgmod.ConfigError):
+    """No trial of the search could start for ``pending_timeout_s``."""
+
+
+def preflight(cfg: TuneConfig, resume: bool = False) -> TuneConfig:
+    """Everything checked before Ray starts or anything is written; returns the config with
+    absolute paths (and a generated dataset, if asked and missing)."""
+    from ray import tune
+
+    check_search(cfg)
     cfg = prepare_data(cfg)
-    storage.check(experiment_path(cfg), writable=True)  # a wrong bucket fails here, clearly
-    claim_experiment(cfg, resume, force)
     if storage.is_uri(cfg.train.data):
         storage.check(cfg.train.data)
-        read_metadata(storage.local_copy(cfg.train.data))
-    else:
-        read_metadata(cfg.train.data)  # a bad dataset fails here, not in every trial
-    search_space(cfg)
+    check_inputs(cfg.train)  # the dataset, its conditions, the model to start from
+    path = experiment_path(cfg)
+    storage.check(path, writable=True)  # a wrong bucket fails here, clearly
+    fs, root = storage.resolve(path)
+    if resume and not tune.Tuner.can_restore(root, storage_filesystem=fs):
+        raise cfgmod.ConfigError(f"nothing to resume at {path}: no experiment was started there (run it without --resume)")  # fmt: skip
+    return cfg
+
+
+def search(cfg: TuneConfig, resume: bool = False, force: bool = False) -> Path | str | None:
+    """Start (or resume) the search on the Ray that is there (or a private local one); returns
+    the best generator's folder (None when no trial finished an epoch)."""
+    from colorjob.cluster import connect
+
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    cfg = preflight(cfg, resume)
+    claim_experiment(cfg, resume, force)
     # Tune ends a multi-worker trial (ASHA's stop, PBT's exploit, the last epoch) by killing its
     # actor, and with it the trial's Ray Train controller; the controller's worker placement group
     # outlives it until Ray Train's PlacementGroupCleaner sees the controller dead through Ray's
     # State API, which the dashboard serves (ray-project/ray#54305). Without it the next trial's
     # workers wait forever for CPUs held by nobody. A cluster's `ray start` has the dashboard.
     connect(include_dashboard=cfg.resources.workers > 1)
+    import ray
+
+    check_resources(cfg, ray.cluster_resources())
     cfg = fit_concurrency(cfg)
     tuner = build_tuner(cfg, resume=resume)
-    results = tuner.fit()
+    try:
+        results = tuner.fit()
+    except Exception as e:  # noqa: BLE001 - Tune wraps our callback's error
+        stalled = _cause(e, SearchStalled)
+        if stalled is not None:
+            raise stalled from None
+        raise
     best = finish(results, cfg)
     if best is not None:
         log.info(f"best generator: {best}")
     return best
 
 
-def build_parser(prog: str = "python jobs/tune.py"):
-    p = cli.parser(
-        prog,
-        "Search learning rates and loss weights of the colorization GAN with Ray Tune (Optuna TPE "
-        "+ ASHA early stopping). Each trial is one training run. Writes <storage>/<name>/"
-        "trials.csv, trials.png and the best generator to <storage>/<name>/best/.",
-        "Runs on a local Ray, or on a cluster under: ray job submit --working-dir . -- python "
-        "jobs/tune.py --config configs/tune.yaml. Nested keys: --set train.batch_size=16 "
-        "--set resources.gpu=0.25",
-    )
-    cli.flag(p, "--data", "train.data", help="dataset folder or URI (overrides train.data)")
-    cli.flag(p, "--storage-path", "storage_path", help="where results go: a folder or s3:// URI")
-    cli.flag(p, "--name", "name", help="experiment name (a folder under the storage path)")
-    cli.flag(p, "--num-samples", "num_samples", type=int, help="number of trials")
-    cli.flag(p, "--epochs", "train.epochs", type=int, help="epochs per trial (ASHA's max_t)")
-    cli.flag(p, "--image-size", "train.image_size", type=int, help="training image size")
-    p.add_argument(
-        "--resume", action="store_true",
-        help="continue an interrupted experiment (same --storage-path/--name, same search)",
-    )  # fmt: skip
-    p.add_argument(
-        "--force", action="store_true",
-        help="with --resume: continue even though the search differs from the experiment's",
-    )  # fmt: skip
-    return p
+def _cause(err: BaseException | None, kind: type) -> BaseException | None:
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, kind):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
-def command(args) -> int:
-    best = run(cli.load(TuneConfig, args), resume=args.resume, force=args.force)
-    return 0 if best is not None else 1
+if __name__ == "__main__":  # python -m colorjob.tune: the command, run from the real module
+    from colorjob.cli import main
 
-
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    return cli.run(build_parser(prog or "python jobs/tune.py"), command, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["tune", *sys.argv[1:]]))

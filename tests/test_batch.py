@@ -12,11 +12,15 @@ import pytest
 import torch
 from PIL import Image
 
-from colorjob.batch import BatchConfig, BatchError, read_grid, run, safe_name
+from colorjob.batch import BatchConfig, BatchError, read_grid, execute, safe_name
 from colorjob.conditions import ConditionVocab
 from colorjob.export import load_generator, read_model_info
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(cfg):
+    return execute(cfg).read_manifest()
 
 
 @pytest.fixture(scope="module")

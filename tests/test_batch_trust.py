@@ -16,7 +16,16 @@ import torch
 from PIL import Image
 
 from colorjob import storage, synth
-from colorjob.batch import BatchConfig, BatchError, execute, main, run
+from colorjob.batch import BatchConfig, BatchError, execute
+from colorjob.cli import main as colorjob_main
+
+
+def main(argv):
+    return colorjob_main(["batch", *argv])
+
+
+def run(cfg):
+    return execute(cfg).read_manifest()
 from colorjob.batch.lock import LOCK
 from colorjob.export import export_generator, read_model_info
 from colorjob.imaging import DECODE_BYTES_PER_PIXEL

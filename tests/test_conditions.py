@@ -4,10 +4,11 @@ import torch
 
 from colorjob import synth
 from colorjob.conditions import ConditionError, ConditionVocab
+from colorjob.data import read_metadata
 
 
 def test_vocab_from_synthetic_metadata_keeps_palette_order_and_colours(chars):
-    vocab = ConditionVocab.from_metadata(chars / "metadata.csv")
+    vocab = ConditionVocab.from_metadata(read_metadata(chars), chars)
     assert vocab.names == ["hair", "shirt"]
     assert vocab["hair"].values == tuple(synth.HAIR_COLORS)
     assert vocab["shirt"].colors == tuple(synth.SHIRT_COLORS.values())

@@ -12,9 +12,13 @@ import ray
 from PIL import Image
 from ray.cluster_utils import Cluster
 
-from colorjob.batch import BatchConfig, run
+from colorjob.batch import BatchConfig, execute
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(cfg):
+    return execute(cfg).read_manifest()
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +110,7 @@ def test_a_search_survives_losing_a_worker_node(cluster, tmp_path, chars):
 
     from colorjob import config as cfgmod
     from colorjob.tune import TuneConfig
-    from colorjob.tune import run as tune_run
+    from colorjob.tune import search as tune_run
 
     c = cluster
     workers = two_workers(c)

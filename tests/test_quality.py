@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from colorjob import augment, synth
-from colorjob.batch import BatchConfig, run
+from colorjob.batch import BatchConfig, execute
 from colorjob.export import ModelError, load_generator, read_model_info
 from colorjob.imaging import to_uint8, to_unit
 from colorjob.inference import colorize
@@ -21,6 +21,10 @@ from colorjob.models import (
     count_parameters,
 )
 from colorjob.train import initial_weights, train
+
+
+def run(cfg):
+    return execute(cfg).read_manifest()
 
 
 def test_film_generator_shapes_and_size():

@@ -11,10 +11,9 @@ from conftest import free_port
 
 from colorjob import config as cfgmod
 from colorjob import storage
-from colorjob.batch import BatchConfig
-from colorjob.batch import run as batch_run
+from colorjob.batch import BatchConfig, execute
 from colorjob.tune import TuneConfig
-from colorjob.tune import run as tune_run
+from colorjob.tune import search as tune_run
 
 BUCKET = "colorjob"
 
@@ -99,7 +98,7 @@ def test_tune_with_dataset_and_storage_on_s3_then_batch_s3_to_s3(s3, chars):
     grid = f"s3://{BUCKET}/grid.csv"
     storage.write_atomic(fs, f"{BUCKET}/grid.csv", b"hair,shirt\nblack,red\nblonde,navy\n")
     out = f"s3://{BUCKET}/out"
-    m = batch_run(BatchConfig(input=f"s3://{BUCKET}/in", conditions=grid, model=best, output=out))
+    m = execute(BatchConfig(input=f"s3://{BUCKET}/in", conditions=grid, model=best, output=out)).read_manifest()
     assert len(m) == 4 and (m["status"] == "ok").all()
     made = set(storage.list_files(fs, f"{BUCKET}/out"))
     assert {
@@ -125,7 +124,7 @@ def test_wrong_bucket_and_missing_credentials_are_clear_errors(s3, trained, monk
     with pytest.raises(
         storage.StorageError, match=r"s3://no-such-bucket/out.*bucket does not exist"
     ):
-        batch_run(
+        execute(
             BatchConfig(
                 input=str(tmp_path / "in"),
                 conditions=grid,
@@ -138,7 +137,7 @@ def test_wrong_bucket_and_missing_credentials_are_clear_errors(s3, trained, monk
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     with pytest.raises(storage.StorageError, match="no AWS credentials were found"):
-        batch_run(
+        execute(
             BatchConfig(
                 input=str(tmp_path / "in"),
                 conditions=grid,

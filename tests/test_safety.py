@@ -17,7 +17,12 @@ from colorjob.batch import BatchConfig
 from colorjob.data import DatasetError, PairDataset, read_metadata
 from colorjob.export import export_generator, load_generator, read_model
 from colorjob.models import Generator
-from colorjob.train import TrainConfig, load_checkpoint, main
+from colorjob.cli import main as colorjob_main
+from colorjob.train import TrainConfig, load_checkpoint
+
+
+def main(argv):
+    return colorjob_main(["train", *argv])
 from colorjob.tune import TuneConfig
 
 

@@ -15,7 +15,8 @@ from optuna.trial import TrialState
 
 from colorjob import config as cfgmod
 from colorjob.export import read_model_info
-from colorjob.tune import TuneConfig, honest_optuna_search, run
+from colorjob.tune import TuneConfig, honest_optuna_search
+from colorjob.tune import search as run
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,14 +15,19 @@ from colorjob import config as cfgmod
 from colorjob.data import PairDataset, load_splits, to_unit
 from colorjob.export import ModelError, load_generator, read_model_info
 from colorjob.metrics import fidelity_hits
+from colorjob.cli import main as colorjob_main
 from colorjob.train import (
     METRIC_COLUMNS,
     NonFiniteLossError,
     TrainConfig,
     load_checkpoint,
-    main,
     train,
 )
+
+
+
+def main(argv):
+    return colorjob_main(["train", *argv])
 
 
 def test_a_run_writes_metrics_samples_plot_checkpoints_and_best(trained):
@@ -278,30 +283,32 @@ def test_the_same_loop_runs_distributed_on_two_cpu_processes(tiny_cfg, tmp_path)
     assert load_checkpoint(tmp_path / "ddp" / "checkpoints")["epoch"] == 2
 
 
-def test_a_checkpoint_carries_the_best_generator_only_when_it_is_not_its_own(trained, tmp_path):
-    """Search checkpoints leave out best/'s weights when they are last.pt's generator (same
-    epoch), and get them back byte for byte; a last.pt that does not match is refused."""
-    from colorjob import checkpoint
-    from colorjob.export import WEIGHTS, read_model
+def test_one_last_pt_makes_the_whole_run_folder_again(trained, tmp_path):
+    """A checkpoint is one file: best/ (byte for byte), metrics.csv and config.yaml come back
+    from it. It carries the best generator only when that is not its own generator."""
+    from colorjob import checkpoint, runfolder
+    from colorjob.export import WEIGHTS, read_model, weights_file
 
     cfg, summary = trained
-    run, best_epoch = Path(cfg.out), summary["best_epoch"]
-    folder = tmp_path / "ckpt"
-    folder.mkdir()
-    (folder / "last.pt").write_bytes((run / "checkpoints" / "best.pt").read_bytes())  # same epoch
-    checkpoint.pack_best(run / "best", folder / "best", best_epoch)
-    assert not (folder / "best" / WEIGHTS).exists()
-    assert (folder / "best" / checkpoint.BEST_IN_LAST).is_file()
-    whole = checkpoint.unpack_best(folder, tmp_path / "whole")
-    assert (whole / WEIGHTS).read_bytes() == (run / "best" / WEIGHTS).read_bytes()
-    assert not (whole / checkpoint.BEST_IN_LAST).exists() and read_model(whole)
-    other = tmp_path / "other"  # a checkpoint of a later epoch keeps the weights
-    checkpoint.pack_best(run / "best", other, best_epoch + 1)
-    assert (other / WEIGHTS).read_bytes() == (run / "best" / WEIGHTS).read_bytes()
-    state = checkpoint.load(folder / "last.pt")  # a last.pt of other weights
+    run = Path(cfg.out)
+    state = checkpoint.load(run / "checkpoints" / "last.pt")
+    assert summary["best_epoch"] == state["best"]["epoch"]
+    own = state["best"]["epoch"] == state["epoch"]
+    assert (state["best_generator"] is None) == own
+    again = tmp_path / "again"
+    runfolder.write(run / "checkpoints" / "last.pt", again)
+    assert (again / "best" / WEIGHTS).read_bytes() == (run / "best" / WEIGHTS).read_bytes()
+    assert read_model(again / "best")[0]["metrics"]["epoch"] == summary["best_epoch"]
+    assert pd.read_csv(again / "metrics.csv")["epoch"].tolist() == [1, 2]
+    assert (again / "best" / "samples.png").read_bytes() == (run / "best" / "samples.png").read_bytes()
+    # a checkpoint whose best epoch came before it carries that generator, and best/ is it
+    earlier = dict(state, best={"epoch": 1, "val_l1": state["history"][0]["val_l1"]})
     name = next(k for k, v in state["generator"].items() if v.is_floating_point())
-    state["generator"][name] += 1
-    checkpoint.save(state, folder / "last.pt")
-    with pytest.raises(checkpoint.CheckpointError, match="model_id"):
-        checkpoint.unpack_best(folder, tmp_path / "bad")
-    assert not (tmp_path / "bad").exists()
+    older = {k: v.clone() for k, v in state["generator"].items()}
+    older[name] += 1
+    earlier["best_generator"] = older
+    checkpoint.save(earlier, tmp_path / "earlier.pt")
+    other = tmp_path / "other"
+    runfolder.write(tmp_path / "earlier.pt", other)
+    assert (other / "best" / WEIGHTS).read_bytes() == weights_file(older)
+    assert read_model(other / "best")[0]["metrics"]["epoch"] == 1

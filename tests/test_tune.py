@@ -16,7 +16,8 @@ import yaml
 from colorjob import config as cfgmod
 from colorjob.data import PairDataset
 from colorjob.export import load_generator
-from colorjob.tune import TuneConfig, run, search_space
+from colorjob.tune import TuneConfig, search_space
+from colorjob.tune import search as run
 
 ROOT = Path(__file__).resolve().parents[1]
 

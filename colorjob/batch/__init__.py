@@ -27,65 +27,28 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Literal
 
 import pandas as pd
 import pyarrow.parquet as pq
 from PIL import Image
 from tqdm.auto import tqdm
 
-from colorjob import cli, storage
 from colorjob import config as cfgmod
+from colorjob import storage
 from colorjob.batch import ledger
+from colorjob.batch.config import BatchConfig
 from colorjob.batch.executors import choose_executor, run_local, run_ray
 from colorjob.batch.grid import BatchError, read_grid
 from colorjob.batch.lock import OutputLock
 from colorjob.batch.names import safe_name
 from colorjob.batch.plan import Plan, clean_temporaries, decide, preflight
-from colorjob.batch.stages import FORMATS, Spec
-from colorjob.export import DEFAULT_MODEL
+from colorjob.batch.stages import Spec
 from colorjob.imaging import letterbox, load_rgb
 
-__all__ = ["BatchConfig", "BatchError", "Result", "execute", "letterbox", "main", "read_grid", "run", "safe_name"]  # fmt: skip
+__all__ = ["MANIFEST", "BatchConfig", "BatchError", "Result", "execute", "read_grid", "safe_name"]
 
 log = logging.getLogger(__name__)
 MANIFEST = ledger.MANIFEST
-
-
-@dataclass
-class BatchConfig:
-    input: str = "sketches"  # folder or URI of sketches (searched recursively), or one image
-    conditions: str = "configs/grid.csv"  # the grid: one row per variant
-    model: str = str(DEFAULT_MODEL)  # exported generator folder or URI (default: the shipped one)
-    output: str = "out"  # folder or URI for images, manifest and contact sheet
-    batch_size: int = (
-        0  # images per generator call; 0 = auto: 8 on CPUs (faster there), 128 on GPUs
-    )
-    format: Literal["png", "webp", "jpg"] = "png"
-    overwrite: bool = False  # redo outputs that are already done
-    fail_on_error: bool = False  # exit 1 when any input failed
-    max_pixels: int = 40_000_000  # larger images fail (decompression bombs); bounds decode memory
-    min_side: int = 8  # smaller images fail: nothing to colour
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPUs
-    executor: Literal["auto", "local", "ray"] = "auto"  # auto: Ray when on a cluster, else here
-    workers: int = 0  # local executor threads; 0 = one per CPU
-    placement: Literal["auto", "fused", "split"] = "auto"  # Ray: fused on CPUs, split with GPUs
-    actors: int = 0  # Ray GPU generator actors (split); 0 = one per gpus_per_actor GPUs
-    gpus_per_actor: float = 1.0
-    threads_per_worker: int = 1  # torch threads of a fused CPU task (the CPUs it holds)
-    contact_sheet: bool = True
-
-    def __post_init__(self) -> None:
-        r = cfgmod.check_range
-        for key in ("input", "conditions", "model", "output"):
-            if not getattr(self, key).strip():
-                raise cfgmod.ConfigError(f"{key} must be a non-empty path or URI")
-        for key in ("max_pixels", "min_side", "threads_per_worker"):
-            r(key, getattr(self, key), 1)
-        r("batch_size", self.batch_size, 0)
-        r("workers", self.workers, 0)
-        r("actors", self.actors, 0)
-        r("gpus_per_actor", self.gpus_per_actor, 0, 64, low_open=True)
 
 
 @dataclass
@@ -100,6 +63,11 @@ class Result:
     @property
     def failed(self) -> int:
         return self.counts.get("failed", 0)
+
+    def read_manifest(self) -> pd.DataFrame:
+        """The run's manifest as one frame (for small jobs and tests; big ones: read its parts)."""
+        fs, path = storage.resolve(self.manifest)
+        return pd.read_parquet(io.BytesIO(storage.read_bytes(fs, path)))
 
 
 def execute(cfg: BatchConfig) -> Result:
@@ -163,13 +131,6 @@ def _make(plan: Plan, cfg: BatchConfig, run_id: str, executor: str) -> None:
     bar.close()
 
 
-def run(cfg: BatchConfig) -> pd.DataFrame:
-    """Colour everything; returns the manifest (also in OUTPUT/manifest.parquet)."""
-    execute(cfg)
-    fs, root = storage.resolve(cfg.output)
-    return pd.read_parquet(io.BytesIO(storage.read_bytes(fs, storage.join(root, MANIFEST))))
-
-
 def _manifest_rows(cfg: BatchConfig, columns: list[str]):
     """The manifest in record batches (it is never loaded whole)."""
     fs, root = storage.resolve(cfg.output)
@@ -221,37 +182,3 @@ def contact_sheet(
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")
     storage.write_atomic(fs_out, storage.join(out_root, "contact_sheet.png"), buf.getvalue())
-
-
-# ---- command line --------------------------------------------------------------------------------
-def build_parser(prog: str = "python -m colorjob.batch"):
-    p = cli.parser(
-        prog,
-        "Colour every sketch under --input in every variant of the --conditions grid with a trained "
-        "generator: in this process on one machine, on Ray Data on a cluster. Writes one image per "
-        "(sketch, variant), manifest.parquet and contact_sheet.png to --output. Rerunning skips "
-        "what the same model already made for the same values.",
-        "grid.csv: one column per condition attribute of the model (e.g. hair,shirt) and an "
-        "optional name column for the output file names; configs/grid.csv has all 25 seed "
-        "combinations. More keys (--set): executor, workers, placement, actors, precision, "
-        "max_pixels, min_side.",
-    )
-    cli.flag(p, "--input", "input", help="folder (or URI) of sketches, searched recursively; or one image")  # fmt: skip
-    cli.flag(p, "--conditions", "conditions", help="grid CSV: one row per colour variant")
-    cli.flag(p, "--model", "model", help="exported generator folder (train's OUT/best, tune's best/); default: the shipped model")  # fmt: skip
-    cli.flag(p, "--output", "output", help="folder (or URI) for the images, manifest and contact sheet")  # fmt: skip
-    cli.flag(p, "--batch-size", "batch_size", type=int, help="images per generator call (default: 8 on CPUs, 128 on GPUs)")  # fmt: skip
-    cli.flag(p, "--format", "format", choices=list(FORMATS), help="output image format (default png)")  # fmt: skip
-    cli.flag(p, "--overwrite", "overwrite", action="store_true", default=None, help="redo outputs that are already done")  # fmt: skip
-    cli.flag(p, "--fail-on-error", "fail_on_error", action="store_true", default=None, help="exit 1 if any input failed")  # fmt: skip
-    return p
-
-
-def command(args) -> int:
-    cfg = cli.load(BatchConfig, args)
-    result = execute(cfg)
-    return 1 if result.failed and cfg.fail_on_error else 0
-
-
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    return cli.run(build_parser(prog or "python -m colorjob.batch"), command, argv)

@@ -2,6 +2,6 @@
 
 import sys
 
-from colorjob.batch import main
+from colorjob.cli import main
 
-sys.exit(main())
+sys.exit(main(["batch", *sys.argv[1:]]))

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from colorjob.batch.stages import ColorizeStage, Fused, Spec, decode_stage, encode_stage, fused_task
+from colorjob.batch.stages import ColorizeStage, Fused, Spec, decode_stage, encode_stage
 from colorjob.imaging import DECODE_BYTES_PER_PIXEL
 
 Progress = Callable[[int, int], None]  # (ok, failed) of a finished block
@@ -120,6 +120,32 @@ def choose_placement(cfg, resources: dict) -> Placement:
     return Placement("fused", max(1, int(cpus // threads)), float(threads), 0.0, threads)
 
 
+_CACHE: dict = {}
+
+
+def fused_task(batch: dict, model, spec: Spec, threads: int) -> dict:
+    """The fused stage as a stateless Ray task (the CPU plan): the generator is built once per
+    worker process and kept, so a task lost with its node is simply run again elsewhere.
+    ``model``: ``[object reference]`` of ``(model.json, weights)``, fetched on the worker."""
+    import ray
+
+    key = (spec, threads)
+    if key not in _CACHE:
+        _CACHE.clear()  # one job's model at a time
+        _CACHE[key] = Fused(ray.get(model[0]), spec, threads)
+    return _CACHE[key](batch)
+
+
+class RayColorizeStage(ColorizeStage):
+    """The generator stage as a Ray Data actor: fetches the model from the object store (also
+    when Ray restarts the actor)."""
+
+    def __init__(self, model, spec: Spec, threads: int = 0):
+        import ray
+
+        super().__init__(ray.get(model[0]), spec, threads)
+
+
 def run_ray(
     spec: Spec, model: tuple[dict, bytes], jobs: list[dict], cfg, progress: Progress
 ) -> Placement:
@@ -150,7 +176,7 @@ def run_ray(
             num_cpus=1, memory=decode_memory,
         )  # fmt: skip
         ds = ds.map_batches(
-            ColorizeStage, fn_constructor_kwargs=work, batch_size=per_block, batch_format="numpy",
+            RayColorizeStage, fn_constructor_kwargs=work, batch_size=per_block, batch_format="numpy",
             compute=ActorPoolStrategy(min_size=1, max_size=placement.workers),
             num_gpus=placement.gpus, num_cpus=placement.cpus, memory=model_memory,
         )  # fmt: skip

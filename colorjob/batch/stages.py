@@ -1,4 +1,5 @@
-"""The work of a batch job, stage by stage, with no Ray in it: files -> tensors -> model -> files.
+"""The work of a batch job, stage by stage, with no Ray in it: files -> tensors -> model -> files
+(:mod:`colorjob.batch.executors` runs these stages in threads here or as Ray Data stages).
 
 - :func:`decode`: sketch files -> letterboxed uint8 squares at the model's size (any mode, EXIF
   orientation, transparency on white); a file that cannot be decoded becomes an error string.
@@ -216,27 +217,10 @@ def _slice_rows(rows: dict, decoded: dict, keep: list[int], images: np.ndarray |
     return out
 
 
-_CACHE: dict = {}
-
-
-def fused_task(batch: dict, model, spec: Spec, threads: int) -> dict:
-    """The fused stage as a stateless task (the CPU plan on Ray): the generator is built once per
-    worker process and kept, so a task lost with its node is simply run again elsewhere."""
-    key = (spec, threads)
-    if key not in _CACHE:
-        _CACHE.clear()  # one job's model at a time
-        _CACHE[key] = Fused(model, spec, threads)
-    return _CACHE[key](batch)
-
-
 class Fused:
     """Decode -> colorize -> encode and write, for one block of jobs, in this process."""
 
-    def __init__(self, model, spec: Spec, threads: int = 0):
-        if not isinstance(model, tuple):  # a Ray object reference, resolved on the worker
-            import ray
-
-            model = ray.get(model[0])
+    def __init__(self, model: tuple[dict, bytes], spec: Spec, threads: int = 0):
         self.spec = spec
         self.colorizer = Colorizer(model, spec, threads)
 
@@ -278,11 +262,7 @@ class ColorizeStage:
     """Ray Data stage 2 (an actor per GPU): decoded jobs -> blocks of at most ``batch_size``
     coloured images, yielded one by one so a block never grows with the grid."""
 
-    def __init__(self, model, spec: Spec, threads: int = 0):
-        if not isinstance(model, tuple):
-            import ray
-
-            model = ray.get(model[0])
+    def __init__(self, model: tuple[dict, bytes], spec: Spec, threads: int = 0):
         self.spec = spec
         self.colorizer = Colorizer(model, spec, threads)
 

@@ -1,0 +1,37 @@
+"""``colorjob batch``: colour a folder of sketches in every variant of a grid."""
+
+from __future__ import annotations
+
+from colorjob import cli
+from colorjob.batch import execute
+from colorjob.batch.config import BatchConfig
+from colorjob.batch.stages import FORMATS
+
+
+def build_parser(prog: str = "colorjob batch"):
+    p = cli.parser(
+        prog,
+        "Colour every sketch under --input in every variant of the --conditions grid with a trained "
+        "generator: in this process on one machine, on Ray Data on a cluster. Writes one image per "
+        "(sketch, variant), manifest.parquet and contact_sheet.png to --output. Rerunning skips "
+        "what the same model already made for the same values from the same sketch.",
+        "grid.csv: one column per condition attribute of the model (e.g. hair,shirt) and an "
+        "optional name column for the output file names; configs/grid.csv has all 25 seed "
+        "combinations. More keys (--set): executor, workers, placement, actors, precision, "
+        "max_pixels, min_side, follow_links.",
+    )
+    cli.flag(p, "--input", "input", help="folder (or URI) of sketches, searched recursively; or one image")  # fmt: skip
+    cli.flag(p, "--conditions", "conditions", help="grid CSV: one row per colour variant")
+    cli.flag(p, "--model", "model", help="exported generator folder (train's OUT/best, tune's best/); default: the shipped model")  # fmt: skip
+    cli.flag(p, "--output", "output", help="folder (or URI) for the images, manifest and contact sheet")  # fmt: skip
+    cli.flag(p, "--batch-size", "batch_size", type=int, help="images per generator call (default: 8 on CPUs, 128 on GPUs)")  # fmt: skip
+    cli.flag(p, "--format", "format", choices=list(FORMATS), help="output image format (default png)")  # fmt: skip
+    cli.flag(p, "--overwrite", "overwrite", action="store_true", default=None, help="redo outputs that are already done")  # fmt: skip
+    cli.flag(p, "--fail-on-error", "fail_on_error", action="store_true", default=None, help="exit 1 if any input failed")  # fmt: skip
+    return p
+
+
+def command(args) -> int:
+    cfg = cli.load(BatchConfig, args)
+    result = execute(cfg)
+    return 1 if result.failed and cfg.fail_on_error else 0
