@@ -139,5 +139,3 @@ def ship(model_dir: str | Path, dest: str | Path, device: str, commands: list[st
         )  # fmt: skip
     )
     return out
-
-

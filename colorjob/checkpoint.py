@@ -214,5 +214,7 @@ def restore(state: dict, nets: dict) -> tuple[int, list[dict], dict]:
         history = [h for h in state["history"] if h["epoch"] <= state["epoch"]]
         best = dict(state["best"])
     except (KeyError, TypeError, RuntimeError) as e:
-        raise CheckpointError(f"the checkpoint's random state or history is damaged ({e})") from None
+        raise CheckpointError(
+            f"the checkpoint's random state or history is damaged ({e})"
+        ) from None
     return state["epoch"] + 1, history, best

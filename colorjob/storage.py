@@ -233,12 +233,17 @@ def _fsync_file(path: Path) -> None:
 
 
 @contextmanager
-def replacing(path: str | Path, run: str | None = None, durable: bool = True) -> Iterator[Path]:
-    """A temporary path beside ``path``, renamed onto it when the block ends without error:
-    readers see the old file or the whole new one, never half of it. ``durable``: the data and
-    the rename are synced to disk first, so a power cut cannot leave an empty file either."""
+def replacing(path: str | Path, run: str | None = None, durable: bool = True, tmp_dir: str | Path | None = None) -> Iterator[Path]:  # fmt: skip
+    """A temporary path beside ``path`` (or in ``tmp_dir``, on the same file system), renamed
+    onto it when the block ends without error: readers see the old file or the whole new one,
+    never half of it. ``durable``: the data and the rename are synced to disk first, so a power
+    cut cannot leave an empty file either."""
     path = Path(path)
-    tmp = path.with_name(temp_name(path.name, run))  # keeps the extension
+    if tmp_dir is not None:
+        Path(tmp_dir).mkdir(parents=True, exist_ok=True)
+        tmp = Path(tmp_dir) / temp_name(path.name, run)
+    else:
+        tmp = path.with_name(temp_name(path.name, run))  # keeps the extension
     try:
         yield tmp
         if durable:
@@ -299,13 +304,14 @@ def replacing_dir(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(new, ignore_errors=True)
 
 
-def write_atomic(fs: pafs.FileSystem, path: str, data: bytes, run: str | None = None) -> None:
+def write_atomic(fs: pafs.FileSystem, path: str, data: bytes, run: str | None = None, tmp_dir: str | None = None) -> None:  # fmt: skip
     """Write so that a reader never sees half a file: temp + fsync + rename locally (the folder
-    synced too); a single PUT on object stores. ``run`` marks whose temporary file it is."""
+    synced too); a single PUT on object stores. ``run`` marks whose temporary file it is;
+    ``tmp_dir`` (local, same file system) holds it instead of the file's own folder."""
     parent = path.rsplit("/", 1)[0]
     fs.create_dir(parent, recursive=True)
     if isinstance(fs, pafs.LocalFileSystem):
-        with replacing(path, run) as tmp:
+        with replacing(path, run, tmp_dir=tmp_dir) as tmp:
             tmp.write_bytes(data)
     else:  # object stores make an upload visible all at once
         with fs.open_output_stream(path) as f:

@@ -50,6 +50,7 @@ from colorjob.models import num_downs_for
 
 log = logging.getLogger(__name__)
 
+
 class SynthError(ColorjobError, ValueError):
     """A synthetic dataset that cannot be drawn as asked."""
 

@@ -25,6 +25,7 @@ exports the best generator to ``OUT/best/`` (see :mod:`colorjob.export`). ``OUT/
 the resolved configuration the run was started with. :mod:`colorjob.runfolder` says what a run
 folder holds and when one may be reused.
 """
+
 from __future__ import annotations
 
 import json
@@ -83,6 +84,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 LOSS_NAMES = ["g_adv", "g_l1", "d_real", "d_fake", "g_total"]
+
 
 @dataclass
 class TrainConfig:
@@ -172,7 +174,6 @@ class TrainConfig:
         r("lr_decay_start", self.lr_decay_start, 0, self.epochs, high_open=True)
 
 
-
 class NonFiniteLossError(RuntimeError):
     """A loss became NaN or infinite; training stops (the last checkpoint is intact)."""
 
@@ -244,7 +245,6 @@ def make_step(accelerator: Accelerator, G, D, opt_g, opt_d, cfg: TrainConfig):
     return step
 
 
-
 # ---- everything checked before anything is written ---------------------------------------------
 @dataclass
 class Inputs:
@@ -314,7 +314,9 @@ def config_for_resume(overrides: dict, config_path: str | None = None) -> TrainC
     if (out / "config.yaml").is_file():
         return cfgmod.load(TrainConfig, out / "config.yaml", overrides | {"out": str(out)})
     state = checkpoint.load(out / "checkpoints")
-    return cfgmod.from_dict(TrainConfig, cfgmod.merge(state["config"], overrides | {"out": str(out)}))
+    return cfgmod.from_dict(
+        TrainConfig, cfgmod.merge(state["config"], overrides | {"out": str(out)})
+    )
 
 
 def initial_weights(source: str, cfg: TrainConfig, vocab: ConditionVocab) -> tuple:
@@ -428,7 +430,6 @@ def _first_sketches(ds: PairDataset, n: int) -> PairDataset:
     keep = pd.unique(ds.metadata["input"])[:n]
     rows = np.flatnonzero(ds.metadata["input"].isin(keep).to_numpy())
     return PairDataset(ds.root, ds.image_size, ds.vocab, rows=rows, metadata=ds.metadata)
-
 
 
 def setup(cfg: TrainConfig, accelerator: Accelerator, checked: Checked) -> TrainState:

@@ -683,7 +683,20 @@ def preflight(cfg: TuneConfig, resume: bool = False) -> TuneConfig:
     fs, root = storage.resolve(path)
     if resume and not tune.Tuner.can_restore(root, storage_filesystem=fs):
         raise cfgmod.ConfigError(f"nothing to resume at {path}: no experiment was started there (run it without --resume)")  # fmt: skip
+    if not on_cluster():  # the private Ray will have this machine's CPUs and GPUs
+        check_resources(cfg, local_resources())
     return cfg
+
+
+def local_resources() -> dict[str, float]:
+    """What a private local Ray started here has: this process's CPUs and the visible GPUs."""
+    import torch
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    return {"CPU": float(cpus), "GPU": float(torch.cuda.device_count())}
 
 
 def search(cfg: TuneConfig, resume: bool = False, force: bool = False) -> Path | str | None:
@@ -702,7 +715,8 @@ def search(cfg: TuneConfig, resume: bool = False, force: bool = False) -> Path |
     connect(include_dashboard=cfg.resources.workers > 1)
     import ray
 
-    check_resources(cfg, ray.cluster_resources())
+    if on_cluster():
+        check_resources(cfg, ray.cluster_resources())  # may grow: said once, then the timeout
     cfg = fit_concurrency(cfg)
     tuner = build_tuner(cfg, resume=resume)
     try:

@@ -1,9 +1,22 @@
 import os
+import shutil
+import tempfile
 
 import pytest
 
-from colorjob import synth
-from colorjob.cluster import free_port  # noqa: F401 - the tests' free port, too
+# The tests never see the user's environment: no exported cluster to join, no shared dataset
+# cache, and a Ray temp folder of this test run's own (Ray's "latest cluster on this machine"
+# file lives there; its socket paths must stay short, hence /tmp).
+for _var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "COLORJOB_CACHE"):
+    os.environ.pop(_var, None)
+_RAY_TMP = tempfile.mkdtemp(prefix="cjray-", dir="/tmp")
+_CACHE = tempfile.mkdtemp(prefix="colorjob-test-cache-")
+os.environ["RAY_TMPDIR"] = _RAY_TMP
+os.environ["COLORJOB_CACHE"] = _CACHE
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+
+from colorjob import synth  # noqa: E402
+from colorjob.cluster import free_port  # noqa: E402, F401 - the tests' free port, too
 
 
 @pytest.fixture(scope="session")
@@ -65,9 +78,26 @@ def local_ray():
 
 @pytest.fixture(scope="session", autouse=True)
 def _stop_our_ray():
-    """Stop the Ray this test process started, once, at the end."""
+    """Stop the Ray this test process started, once, at the end; remove this run's temp."""
     yield
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
+    shutil.rmtree(_CACHE, ignore_errors=True)
+    shutil.rmtree(_RAY_TMP, ignore_errors=True)
+
+
+def read_manifest(output) -> "pd.DataFrame":
+    """A batch output folder's manifest (a Parquet dataset of one part per shard) as one frame,
+    sorted by sketch then grid row, without the partition column."""
+    import pandas as pd
+
+    df = pd.read_parquet(output / "manifest")
+    df = df.drop(columns=[c for c in ("shard",) if c in df])
+    df["_order"] = range(len(df))
+    return (
+        df.sort_values(["input", "_order"], kind="stable")
+        .drop(columns="_order")
+        .reset_index(drop=True)
+    )

@@ -1,5 +1,6 @@
 """Batch colorization on real Ray Data with a tiny model trained in a fixture."""
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -10,9 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import read_manifest
 from PIL import Image
 
-from colorjob.batch import BatchConfig, BatchError, read_grid, execute, safe_name
+from colorjob.batch import BatchConfig, BatchError, execute, read_grid, safe_name
 from colorjob.conditions import ConditionVocab
 from colorjob.export import load_generator, read_model_info
 
@@ -89,9 +91,7 @@ def test_mixed_sketches_times_grid_every_output_at_its_own_size(
         assert img.mode == "RGB"
     assert (out / "sub" / "deeper" / "pal__blonde_green.png").is_file()
     assert (out / "wide__black_red.png").is_file()
-    pd.testing.assert_frame_equal(
-        pd.read_parquet(out / "manifest.parquet"), manifest, check_dtype=False
-    )
+    pd.testing.assert_frame_equal(read_manifest(out), manifest, check_dtype=False)
     sheet = Image.open(out / "contact_sheet.png")
     assert sheet.size == (4 * 96, 7 * 96)
 
@@ -146,12 +146,19 @@ def test_bad_files_fail_alone_and_reruns_skip_and_restore(local_ray, tmp_path, c
     gone = done[::2]
     for p in gone:
         p.unlink()
-    (out / ".colorjob-tmp-dead-a__black_red.png").write_bytes(b"torn")
+    killed = out / ".colorjob" / "tmp" / "20260101-000000-deadbeef"  # a killed run's temporaries
+    killed.mkdir(parents=True)
+    (killed / ".colorjob-tmp-20260101-000000-deadbeef-0123456789ab-a__black_red.png").write_bytes(b"torn")  # fmt: skip
+    foreign = out / "notes" / ".colorjob-tmp-p1@abcdef-0123456789ab-last.pt"  # not batch's: kept
+    foreign.parent.mkdir()
+    foreign.write_bytes(b"someone else's")
     m3 = run(cfg)
     assert (m3["status"] == "ok").sum() == len(gone)
     assert set(m3.loc[m3["status"] == "ok", "output"]) == {str(p.relative_to(out)) for p in gone}
     assert (m3["status"] == "skipped").sum() == 21 - len(gone)
-    assert not list(out.rglob(".colorjob-tmp-*"))
+    assert not killed.exists() and foreign.read_bytes() == b"someone else's"
+    foreign.unlink()
+    assert not [p for p in out.rglob(".colorjob-tmp-*") if ".colorjob/" not in str(p)]
     assert (
         len(m3) == len(m3[["input", "variant"]].drop_duplicates()) == 13 * 3
     )  # every output exactly once
@@ -249,21 +256,38 @@ def test_shipped_grid_has_all_25_seed_combinations(model):
     assert len(g) == 25 and len(g[["hair", "shirt"]].drop_duplicates()) == 25
 
 
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a process and everything it started (Ray puts its workers in process groups of
+    their own, so killing the group alone leaves them writing), then wait until all are gone."""
+    import signal
+
+    import psutil
+
+    tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    os.killpg(proc.pid, signal.SIGKILL)
+    for p in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(tree, timeout=60)
+    proc.wait()
+
+
 def recorded(out: Path) -> set[str]:
     """Outputs that the provenance parts left by a (killed) run say were finished."""
-    parts = list((out / ".colorjob" / "parts").rglob("*.parquet"))
+    parts = list((out / ".colorjob" / "ledger").rglob("*.parquet"))
     parts = [p for p in parts if ".colorjob-tmp-" not in p.name]
     if not parts:
         return set()
     rows = pd.concat([pd.read_parquet(p) for p in parts])
-    return set(rows.loc[rows["status"] == "ok", "output"])
+    return (
+        set(rows.loc[rows["status"] == "ok", "output"]) if "status" in rows else set(rows["output"])
+    )
 
 
 @pytest.mark.parametrize("executor", ["local", "ray"])
 def test_a_job_killed_midway_and_rerun_ends_with_every_output_once(
     local_ray, tmp_path, chars, model, executor
 ):
-    import signal
     import time
 
     src = Image.open(chars / "sketches" / "char_0001.png")
@@ -283,12 +307,11 @@ def test_a_job_killed_midway_and_rerun_ends_with_every_output_once(
     while time.time() < deadline and proc.poll() is None and len(recorded(out)) < 40:
         time.sleep(0.05)
     assert proc.poll() is None, "the job ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver, its Ray (if any) and the workers: no clean-up
-    proc.wait()
+    kill_tree(proc)  # the driver, its Ray (if any) and the workers: no clean-up
     done = recorded(out)  # what the killed job recorded as finished
     images = {str(p.relative_to(out)) for p in out.rglob("*__*.png") if ".colorjob" not in p.parts}
     assert 40 <= len(done) < 24 * 25 and done <= images
-    assert not (out / "manifest.parquet").exists()
+    assert not (out / "manifest").exists()
     bytes_before = {o: (out / o).read_bytes() for o in done}
     m = run(
         BatchConfig(

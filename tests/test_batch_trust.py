@@ -26,6 +26,10 @@ def main(argv):
 
 def run(cfg):
     return execute(cfg).read_manifest()
+
+
+from conftest import read_manifest
+
 from colorjob.batch.lock import LOCK
 from colorjob.export import export_generator, read_model_info
 from colorjob.imaging import DECODE_BYTES_PER_PIXEL
@@ -121,7 +125,7 @@ def test_outputs_never_become_inputs(tmp_path, chars, model, capsys):
     inside = str(tmp_path / "in" / ".." / "in" / "out")  # written inside the input, twice
     for _ in range(2):
         assert main([*args, "--output", inside]) == 0
-        m = pd.read_parquet(tmp_path / "in" / "out" / "manifest.parquet")
+        m = read_manifest(tmp_path / "in" / "out")
         assert list(m["input"]) == ["s.png", "s.png"]  # the outputs and the sheet are not sketches
     assert len(outputs(tmp_path / "in" / "out")) == 2
 
@@ -168,17 +172,19 @@ def test_a_finished_rerun_is_a_quiet_exit_0_with_a_complete_manifest(
     args = ["--input", str(tmp_path / "in"), "--conditions", grid_file(tmp_path), "--model", model,
             "--output", str(tmp_path / "out"), "--set", "executor=local"]  # fmt: skip
     assert main(args) == 0
-    first = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
+    first = read_manifest(tmp_path / "out")
     (tmp_path / "out" / "contact_sheet.png").unlink()
     capsys.readouterr()
+    parts = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*.parquet")}
     assert main(args) == 0
-    err = capsys.readouterr().err
-    assert err == ""  # no warning, no traceback
-    m = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
-    assert len(m) == 4 and (m["status"] == "skipped").all()
-    pd.testing.assert_frame_equal(
-        m.drop(columns="status"), first.drop(columns="status"), check_dtype=False
+    captured = capsys.readouterr()
+    assert captured.err == ""  # no warning, no traceback
+    assert (
+        "4 already done, 0 to make" in captured.out and "0 ok, 4 skipped, 0 failed" in captured.out
     )
+    # nothing changed: no shard was touched, the manifest is the run's that made the files
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*.parquet")} == parts
+    pd.testing.assert_frame_equal(read_manifest(tmp_path / "out"), first)
     assert (tmp_path / "out" / "contact_sheet.png").is_file()
 
 
@@ -277,7 +283,7 @@ def test_a_second_run_on_the_same_output_is_refused_and_the_first_finishes(tmp_p
     assert first.poll() is None, "the first run was not running any more: nothing was tested"
     out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
-    m = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
+    m = read_manifest(tmp_path / "out")
     assert len(m) == 12 * 25 and (m["status"] == "ok").all()
     assert len(outputs(tmp_path / "out")) == 12 * 25
     assert not list((tmp_path / "out").rglob("*.colorjob-tmp-*"))
@@ -294,9 +300,11 @@ def test_a_stale_lock_of_a_dead_run_is_taken_over(tmp_path, chars, model):
 
     lock.write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "process_started": time.time() - 5,
                                 "started": time.time() - 5, "heartbeat": time.time(), "run_id": "dead"}))  # fmt: skip
-    (tmp_path / "out" / ".colorjob-tmp-dead-abc-s__b.png").write_bytes(b"torn")
+    torn = tmp_path / "out" / ".colorjob" / "tmp" / "20260101-000000-deadbeef" / ".colorjob-tmp-20260101-000000-deadbeef-0123456789ab-s__b.png"  # fmt: skip
+    torn.parent.mkdir(parents=True)
+    torn.write_bytes(b"torn")
     m = run(cfg(tmp_path, model, grid_file(tmp_path)))
-    assert (m["status"] == "ok").all() and not lock.exists()
+    assert (m["status"] == "ok").all() and not lock.exists() and not torn.exists()
     assert not list((tmp_path / "out").rglob("*.colorjob-tmp-*"))
 
 

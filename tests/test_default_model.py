@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from conftest import read_manifest
 from PIL import Image
 from safetensors import safe_open
 
@@ -69,7 +70,7 @@ def test_batch_works_out_of_the_box_on_the_examples(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    m = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
+    m = read_manifest(tmp_path / "out")
     examples = sorted(p.name for p in (ROOT / "examples" / "sketches").iterdir())
     assert len(m) == len(examples) * 25 and (m["status"] == "ok").all()
     for r in m.drop_duplicates("input").itertuples():

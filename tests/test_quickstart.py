@@ -10,6 +10,7 @@ import sys
 
 import pandas as pd
 import pytest
+from conftest import read_manifest
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # CI installs Chromium and sets this: there a missing browser is a failure, not a skip.
@@ -41,7 +42,7 @@ def test_quickstart_makes_data_search_model_colours_and_report(quickstart):
     assert len(pd.read_csv(out / "search" / "trials.csv")) == 2
     assert (out / "search" / "best" / "generator.safetensors").is_file()
     assert (out / "search" / "best" / "samples.png").is_file()
-    m = pd.read_parquet(out / "colored" / "manifest.parquet")
+    m = read_manifest(out / "colored")
     assert len(m) == 4 * 25 and (m["status"] == "ok").all()
     page = (out / "report.html").read_text()
     for section in ("Dataset", "Search", "Best model", "Batch colorization"):
@@ -67,7 +68,7 @@ def test_the_reports_figures_are_those_of_the_files(quickstart):
     model = cards(page, "Best model")
     assert model["validation L1"] == f"{meta['metrics']['val_l1']:.4f}"
     assert model["epoch"] == str(meta["metrics"]["epoch"])
-    m = pd.read_parquet(out / "colored" / "manifest.parquet")
+    m = read_manifest(out / "colored")
     made = cards(page, "Batch colorization")
     for status in ("ok", "skipped", "failed"):
         assert int(made[status]) == int((m["status"] == status).sum())

@@ -116,4 +116,4 @@ def test_ray_job_submit_colorizes(cluster, tmp_path, chars, trained):
     submit(env, address, job)
     assert len(list((tmp_path / "out").rglob("*__*.png"))) == 2 * 25
     assert (tmp_path / "out" / "sub" / "b__blue_purple.png").is_file()
-    assert (tmp_path / "out" / "manifest.parquet").is_file()
+    assert list((tmp_path / "out" / "manifest").rglob("*.parquet"))

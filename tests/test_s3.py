@@ -4,7 +4,6 @@ import json
 import os
 import time
 
-import pandas as pd
 import pytest
 import ray
 from conftest import free_port
@@ -98,18 +97,20 @@ def test_tune_with_dataset_and_storage_on_s3_then_batch_s3_to_s3(s3, chars):
     grid = f"s3://{BUCKET}/grid.csv"
     storage.write_atomic(fs, f"{BUCKET}/grid.csv", b"hair,shirt\nblack,red\nblonde,navy\n")
     out = f"s3://{BUCKET}/out"
-    m = execute(BatchConfig(input=f"s3://{BUCKET}/in", conditions=grid, model=best, output=out)).read_manifest()
+    m = execute(
+        BatchConfig(input=f"s3://{BUCKET}/in", conditions=grid, model=best, output=out)
+    ).read_manifest()
     assert len(m) == 4 and (m["status"] == "ok").all()
     made = set(storage.list_files(fs, f"{BUCKET}/out"))
     assert {
         "char_0000__black_red.png",
         "char_0001__blonde_navy.png",
-        "manifest.parquet",
+        "manifest/shard=00000/part.parquet",
         "contact_sheet.png",
     } <= made
-    import io
+    import pyarrow.dataset as pads
 
-    manifest = pd.read_parquet(io.BytesIO(storage.read_bytes(fs, f"{BUCKET}/out/manifest.parquet")))
+    manifest = pads.dataset(f"{BUCKET}/out/manifest", filesystem=fs, partitioning="hive").to_table().to_pandas()  # fmt: skip
     assert len(manifest) == 4 and (manifest["width"] == 32).all()
 
 

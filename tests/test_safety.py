@@ -14,15 +14,17 @@ from PIL import Image
 from colorjob import config as cfgmod
 from colorjob import storage, synth
 from colorjob.batch import BatchConfig
+from colorjob.cli import main as colorjob_main
 from colorjob.data import DatasetError, PairDataset, read_metadata
 from colorjob.export import export_generator, load_generator, read_model
 from colorjob.models import Generator
-from colorjob.cli import main as colorjob_main
 from colorjob.train import TrainConfig, load_checkpoint
 
 
 def main(argv):
     return colorjob_main(["train", *argv])
+
+
 from colorjob.tune import TuneConfig
 
 

@@ -22,7 +22,9 @@ def _is_main_guard(node: ast.AST) -> bool:
         and isinstance(node.test, ast.Compare)
         and isinstance(node.test.left, ast.Name)
         and node.test.left.id == "__name__"
-        and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in node.test.comparators)
+        and any(
+            isinstance(c, ast.Constant) and c.value == "__main__" for c in node.test.comparators
+        )
     )
 
 

@@ -12,10 +12,10 @@ from conftest import free_port
 from PIL import Image
 
 from colorjob import config as cfgmod
+from colorjob.cli import main as colorjob_main
 from colorjob.data import PairDataset, load_splits, to_unit
 from colorjob.export import ModelError, load_generator, read_model_info
 from colorjob.metrics import fidelity_hits
-from colorjob.cli import main as colorjob_main
 from colorjob.train import (
     METRIC_COLUMNS,
     NonFiniteLossError,
@@ -23,7 +23,6 @@ from colorjob.train import (
     load_checkpoint,
     train,
 )
-
 
 
 def main(argv):
@@ -300,7 +299,9 @@ def test_one_last_pt_makes_the_whole_run_folder_again(trained, tmp_path):
     assert (again / "best" / WEIGHTS).read_bytes() == (run / "best" / WEIGHTS).read_bytes()
     assert read_model(again / "best")[0]["metrics"]["epoch"] == summary["best_epoch"]
     assert pd.read_csv(again / "metrics.csv")["epoch"].tolist() == [1, 2]
-    assert (again / "best" / "samples.png").read_bytes() == (run / "best" / "samples.png").read_bytes()
+    assert (again / "best" / "samples.png").read_bytes() == (
+        run / "best" / "samples.png"
+    ).read_bytes()
     # a checkpoint whose best epoch came before it carries that generator, and best/ is it
     earlier = dict(state, best={"epoch": 1, "val_l1": state["history"][0]["val_l1"]})
     name = next(k for k, v in state["generator"].items() if v.is_floating_point())

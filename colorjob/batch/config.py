@@ -31,6 +31,9 @@ class BatchConfig:
     gpus_per_actor: float = 1.0
     threads_per_worker: int = 1  # torch threads of a fused CPU task (the CPUs it holds)
     contact_sheet: bool = True
+    layout: Literal["mirror", "shards"] = "mirror"  # files beside each other, or a tar per shard
+    shards: int = 0  # 0 = from the job's size at the folder's first run (kept in its state)
+    follow_links: bool = False  # follow file links that leave the input folder (never folder links)
 
     def __post_init__(self) -> None:
         r = cfgmod.check_range
@@ -43,3 +46,8 @@ class BatchConfig:
         r("workers", self.workers, 0)
         r("actors", self.actors, 0)
         r("gpus_per_actor", self.gpus_per_actor, 0, 64, low_open=True)
+        r("shards", self.shards, 0, 65536)
+        if self.shards & (self.shards - 1):
+            raise cfgmod.ConfigError(
+                f"shards must be 0 (auto) or a power of two, got {self.shards}"
+            )

@@ -1,101 +1,132 @@
-"""What is done in an output folder, and by whom: provenance parts, the ledger and the manifest.
+"""What is done in an output folder, and by whom: a ledger and a manifest, one part per shard.
 
-Every output a job writes is recorded as it completes, in a small Parquet *part* written right
-after its image files (``OUTPUT/.colorjob/parts/<run id>/<hash>.parquet``): which sketch and
-variant, the ``model_id`` and condition values that made it, its size, modification time and
-SHA-256. A killed job therefore leaves a record of everything it finished.
+    OUTPUT/.colorjob/state.json                        shard count, layout (kept across runs)
+    OUTPUT/.colorjob/ledger/shard=00042/part.parquet   every output made there (the latest)
+    OUTPUT/.colorjob/ledger/shard=00042/progress-*.parquet   records written as work completes
+    OUTPUT/manifest/shard=00042/part.parquet           the last run's view of the shard
 
-At the end of a run the parts are folded into ``OUTPUT/.colorjob/ledger.parquet`` (one row per
-output ever made there, the latest wins) and ``OUTPUT/manifest.parquet`` (this run's view: one row
-per planned output, ``ok`` / ``skipped`` / ``failed``). Both are merged in buckets of sketches, so
-the driver never holds more than one bucket of rows, whatever the size of the job.
+Every output is recorded as it completes, in a small *progress* part written right after its
+image files: which sketch (and that sketch's size, modification time and SHA-256), which
+variant, the ``model_id`` and condition values that made it, the output's size, modification
+time and SHA-256. A killed job therefore leaves a record of everything it finished. When a shard
+is finished its progress parts are folded into its ``part.parquet`` and its manifest part is
+written; nothing outside the shard is read or written. Both folders are Hive-partitioned Parquet
+datasets: ``pd.read_parquet(OUTPUT / "manifest")`` reads the whole manifest (with a ``shard``
+column), ``pyarrow.dataset`` streams it.
 
-A rerun skips an output only when the ledger says the same model made it for the same values and
-the file is still the one recorded (same size, and the same modification time or SHA-256).
+A rerun skips an output only when the shard's ledger says the same model made it for the same
+values from the same sketch (same size and time, or same SHA-256) and the file is still the one
+recorded (same size, and the same time or SHA-256).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
-import math
-import tempfile
+import json
 import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401 - pa.compute
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from colorjob import storage
+from colorjob.batch.listing import STATE_DIR, shard_name
 
-STATE = ".colorjob"
-LEDGER = f"{STATE}/ledger.parquet"
-PARTS = f"{STATE}/parts"
-MANIFEST = "manifest.parquet"
-BUCKET_ROWS = 250_000  # rows merged in memory at a time
+STATE = STATE_DIR
+STATE_FILE = f"{STATE}/state.json"
+LEDGER = f"{STATE}/ledger"
+RUNS = f"{STATE}/runs"
+TMP = f"{STATE}/tmp"
+MANIFEST = "manifest"
+STATE_VERSION = 2
+#: Before 0.3: one ledger file and one manifest file for the whole folder.
+V1_LEDGER, V1_PARTS, V1_MANIFEST = f"{STATE}/ledger.parquet", f"{STATE}/parts", "manifest.parquet"
 
-SCHEMA = pa.schema(
+RECORD = pa.schema(
     [
-        ("input", pa.string()), ("output", pa.string()), ("status", pa.string()),
-        ("error", pa.string()), ("variant", pa.int32()), ("values", pa.string()),
-        ("model_id", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
-        ("size", pa.int64()), ("mtime_ns", pa.int64()), ("sha256", pa.string()),
-        ("done_at", pa.float64()),
+        ("output", pa.string()), ("input", pa.string()), ("input_size", pa.int64()),
+        ("input_mtime_ns", pa.int64()), ("input_sha256", pa.string()), ("variant", pa.int32()),
+        ("values", pa.string()), ("model_id", pa.string()), ("width", pa.int32()),
+        ("height", pa.int32()), ("size", pa.int64()), ("mtime_ns", pa.int64()),
+        ("sha256", pa.string()), ("done_at", pa.float64()), ("container", pa.string()),
     ]
 )  # fmt: skip
-LEDGER_COLUMNS = ["output", "input", "values", "model_id", "width", "height", "size", "mtime_ns", "sha256", "done_at"]  # fmt: skip
-LEDGER_SCHEMA = pa.schema([SCHEMA.field(c) for c in LEDGER_COLUMNS])
 
 
 def new_run_id() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
 
 
-def part_name(outputs: Iterable[str]) -> str:
-    """A part's file name from the outputs it records: a retried task rewrites the same part."""
-    return hashlib.sha1("\n".join(outputs).encode()).hexdigest()[:20] + ".parquet"
+def empty_rows() -> dict:
+    return {k: [] for k in RECORD.names}
 
 
-def write_part(output_root: str, run_id: str, rows: dict, name: str | None = None) -> None:
-    """Record finished rows (columns of :data:`SCHEMA`) durably, as one Parquet part."""
-    if not len(rows["output"]):
-        return
-    table = pa.table({f.name: pa.array(rows[f.name], type=f.type) for f in SCHEMA}, schema=SCHEMA)
+def _table(rows: dict) -> pa.Table:
+    return pa.table({f.name: pa.array(rows[f.name], type=f.type) for f in RECORD}, schema=RECORD)
+
+
+def tmp_dir(output_root: str, run_id: str) -> str | None:
+    """Where a run's temporary files go in a local output folder (on its file system, so the
+    rename is atomic): one folder per run, removed whole if the run is killed. None on S3 &co
+    (one PUT, no temporary file)."""
+    if storage.is_uri(output_root):
+        return None
+    _, root = storage.resolve(output_root)
+    return storage.join(root, TMP, run_id)
+
+
+def write_bytes(output_root: str, path: str, data: bytes, run_id: str) -> None:
+    """``data`` to ``path`` (absolute inside the output folder's file system), atomically."""
+    fs, _ = storage.resolve(output_root)
+    storage.write_atomic(fs, path, data, run=run_id, tmp_dir=tmp_dir(output_root, run_id))
+
+
+def _write_table(output_root: str, path: str, table: pa.Table, run: str, meta: dict | None = None) -> None:  # fmt: skip
+    if meta:
+        table = table.replace_schema_metadata({k: json.dumps(v) for k, v in meta.items()})
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    fs, root = storage.resolve(output_root)
-    name = name or part_name(rows["output"])
-    storage.write_atomic(fs, storage.join(root, PARTS, run_id, name), buf.getvalue(), run=run_id)
+    write_bytes(output_root, path, buf.getvalue(), run)
 
 
-# ---- reading what is recorded -------------------------------------------------------------------
-def _part_files(fs, root: str) -> list[str]:
-    parts = storage.join(root, PARTS)
-    return [
-        storage.join(parts, f)
-        for f in storage.list_files(fs, parts)
-        if f.endswith(".parquet") and storage.TMP_MARK not in f
-    ]
-
-
-def _read(fs, path: str, columns: list[str] | None = None) -> pa.Table | None:
+def _read(fs, path: str) -> pa.Table | None:
     try:
-        return pq.read_table(io.BytesIO(storage.read_bytes(fs, path)), columns=columns)
+        return pq.read_table(io.BytesIO(storage.read_bytes(fs, path)))
     except (OSError, pa.ArrowInvalid):
         return None  # a torn part of a killed run: its outputs are simply redone
 
 
+# ---- the folder's state -------------------------------------------------------------------------
+def read_state(output_root: str) -> dict | None:
+    fs, root = storage.resolve(output_root)
+    path = storage.join(root, STATE_FILE)
+    if not storage.exists(fs, path):
+        return None
+    try:
+        return json.loads(storage.read_bytes(fs, path))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def write_state(output_root: str, state: dict) -> None:
+    fs, root = storage.resolve(output_root)
+    storage.write_atomic(fs, storage.join(root, STATE_FILE), json.dumps(state, indent=2).encode())
+
+
+# ---- one shard's records ------------------------------------------------------------------------
 @dataclass
 class Record:
-    """What the ledger knows of one output file."""
+    """What the ledger knows of one output."""
 
     input: str
+    input_size: int
+    input_mtime_ns: int
+    input_sha256: str
     values: str
     model_id: str
     width: int
@@ -103,33 +134,77 @@ class Record:
     size: int
     mtime_ns: int
     sha256: str
+    container: str
 
 
-def read_ledger(output_root: str) -> tuple[dict[str, Record], list[str]]:
-    """Every output recorded in the folder (the ledger plus parts that killed runs left):
-    ``({output: Record}, the part files read)``; the latest record of an output wins."""
+def shard_dir(root: str, shard: int) -> str:
+    return storage.join(root, LEDGER, shard_name(shard))
+
+
+def _parts(fs, root: str, shard: int) -> tuple[str | None, list[str]]:
+    folder = shard_dir(root, shard)
+    names = storage.list_files(fs, folder)
+    part = storage.join(folder, "part.parquet") if "part.parquet" in names else None
+    progress = [storage.join(folder, n) for n in names if n.startswith("progress-") and n.endswith(".parquet") and storage.TMP_MARK not in n]  # fmt: skip
+    return part, progress
+
+
+def read_shard(output_root: str, shard: int) -> tuple[dict[str, Record], dict]:
+    """``({output: Record}, the part's metadata)`` of one shard: its ledger part and the progress
+    parts killed runs left; the latest record of an output wins."""
     fs, root = storage.resolve(output_root)
-    tables = []
-    ledger_path = storage.join(root, LEDGER)
-    if storage.exists(fs, ledger_path):
-        t = _read(fs, ledger_path)
-        if t is not None:
-            tables.append(t.select(LEDGER_COLUMNS))
-    parts = _part_files(fs, root)
-    for path in parts:
+    part, progress = _parts(fs, root, shard)
+    tables, meta = [], {}
+    for path in ([part] if part else []) + progress:
         t = _read(fs, path)
-        if t is not None:
-            t = t.filter(pa.compute.equal(t["status"], "ok"))
-            tables.append(t.select(LEDGER_COLUMNS))
+        if t is None:
+            continue
+        if path == part and t.schema.metadata:
+            meta = {k.decode(): json.loads(v) for k, v in t.schema.metadata.items() if not k.startswith(b"ARROW")}  # fmt: skip
+        if "status" in t.column_names:  # progress parts record failures too (for the manifest)
+            t = t.filter(pc.equal(t["status"], "ok"))
+        tables.append(t.select(RECORD.names).cast(RECORD))
     records: dict[str, Record] = {}
     if tables:
-        df = pa.concat_tables(tables).to_pandas().sort_values("done_at", kind="stable")
-        for r in df.drop_duplicates("output", keep="last").itertuples(index=False):
-            records[r.output] = Record(
-                r.input, r.values, r.model_id, int(r.width), int(r.height), int(r.size),
-                int(r.mtime_ns), r.sha256,
-            )  # fmt: skip
-    return records, parts
+        t = pa.concat_tables(tables)
+        t = t.take(pc.sort_indices(t, [("done_at", "ascending")]))
+        cols = {n: t[n].to_pylist() for n in RECORD.names}
+        for i, out in enumerate(cols["output"]):
+            records[out] = Record(*(cols[n][i] for n in ("input", "input_size", "input_mtime_ns", "input_sha256", "values", "model_id", "width", "height", "size", "mtime_ns", "sha256", "container")))  # fmt: skip
+    return records, meta
+
+
+def write_progress(output_root: str, shard: int, run_id: str, rows: dict) -> None:
+    """Record finished outputs of ``shard`` durably, as one progress part (``rows``: the
+    record's columns and ``status``, ``error``)."""
+    if not len(rows["output"]):
+        return
+    fs, root = storage.resolve(output_root)
+    name = f"progress-{run_id}-" + hashlib.sha1("\n".join(rows["output"]).encode()).hexdigest()[:20] + ".parquet"  # fmt: skip
+    schema = pa.schema([*RECORD, ("status", pa.string()), ("error", pa.string())])
+    table = pa.table({f.name: pa.array(rows[f.name], type=f.type) for f in schema}, schema=schema)
+    _write_table(output_root, storage.join(shard_dir(root, shard), name), table, run_id)
+
+
+def compact(output_root: str, shard: int, run_id: str, meta: dict, keep: Iterable[str] | None = None) -> None:  # fmt: skip
+    """Fold the shard's progress parts into its ``part.parquet`` (one row per output, the
+    latest; only the outputs in ``keep`` when given) with ``meta``, then remove them."""
+    fs, root = storage.resolve(output_root)
+    part, progress = _parts(fs, root, shard)
+    records, _ = read_shard(output_root, shard)
+    wanted = None if keep is None else set(keep)
+    rows = empty_rows()
+    for out, r in sorted(records.items()):
+        if wanted is not None and out not in wanted:
+            continue
+        for k, v in (("output", out), ("input", r.input), ("input_size", r.input_size), ("input_mtime_ns", r.input_mtime_ns),
+                     ("input_sha256", r.input_sha256), ("variant", 0), ("values", r.values), ("model_id", r.model_id),
+                     ("width", r.width), ("height", r.height), ("size", r.size), ("mtime_ns", r.mtime_ns),
+                     ("sha256", r.sha256), ("done_at", 0.0), ("container", r.container)):  # fmt: skip
+            rows[k].append(v)
+    _write_table(output_root, storage.join(shard_dir(root, shard), "part.parquet"), _table(rows), run_id, meta=meta)  # fmt: skip
+    for p in progress:
+        fs.delete_file(p)
 
 
 def still_valid(record: Record, info: tuple[int, int] | None, read) -> bool:
@@ -145,124 +220,83 @@ def still_valid(record: Record, info: tuple[int, int] | None, read) -> bool:
     return hashlib.sha256(read()).hexdigest() == record.sha256
 
 
-# ---- merging at the end -------------------------------------------------------------------------
-def _buckets(tables: Iterable[pa.Table], bucket_of, n: int, spill: Path) -> Iterator[pd.DataFrame]:
-    """Stream ``tables`` into ``n`` buckets on local disk; yield each bucket as one frame."""
-    if n == 1:
-        frames = [t.to_pandas() for t in tables]
-        if frames:
-            yield pd.concat(frames, ignore_index=True)
-        return
-    writers: dict[int, pq.ParquetWriter] = {}
-    for t in tables:
-        df = t.to_pandas()
-        for b, part in df.groupby(bucket_of(df), sort=False):
-            if b not in writers:
-                writers[b] = pq.ParquetWriter(spill / f"{b}.parquet", t.schema)
-            writers[b].write_table(
-                pa.Table.from_pandas(part, schema=t.schema, preserve_index=False)
-            )
-    for w in writers.values():
-        w.close()
-    for b in sorted(writers):
-        yield pq.read_table(spill / f"{b}.parquet").to_pandas()
+# ---- the manifest -------------------------------------------------------------------------------
+def manifest_path(root: str, shard: int) -> str:
+    return storage.join(root, MANIFEST, shard_name(shard), "part.parquet")
 
 
-def _write_parquet(fs, path: str, frames: Iterable[pd.DataFrame], schema: pa.Schema) -> int:
-    """Write frames one after another into one Parquet file (atomically); returns the rows."""
-    rows = 0
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) / "out.parquet"
-        with pq.ParquetWriter(local, schema) as w:
-            for df in frames:
-                w.write_table(pa.Table.from_pandas(df, schema=schema, preserve_index=False))
-                rows += len(df)
-        storage.write_atomic(fs, path, local.read_bytes())
-    return rows
+def write_manifest(output_root: str, shard: int, frame: pd.DataFrame, run_id: str) -> None:
+    _, root = storage.resolve(output_root)
+    _write_table(output_root, manifest_path(root, shard), pa.Table.from_pandas(frame, preserve_index=False), run_id)  # fmt: skip
 
 
-def finish(
-    output_root: str,
-    run_id: str,
-    grid: pd.DataFrame,
-    sketch_rank: dict[str, int],
-    old_parts: list[str],
-) -> dict[str, int]:
-    """Fold this run's parts into ``manifest.parquet`` and the ledger; returns status counts.
-
-    ``sketch_rank``: the position of each planned sketch in name order (buckets are ranges of
-    it, so the manifest comes out sorted by sketch, then variant). ``old_parts``: parts of killed
-    runs read at planning time, folded into the ledger and then removed.
-    """
+def remove_manifest(output_root: str, shard: int) -> None:
+    """A shard about to change says nothing until it is finished (a killed run leaves no rows
+    that disagree with the files)."""
     fs, root = storage.resolve(output_root)
-    run_parts = [p for p in _part_files(fs, root) if f"/{PARTS}/{run_id}/" in p]
-    attrs = [c for c in grid.columns if c not in ("variant", "index", "values")]
-    n_rows = len(sketch_rank) * len(grid)
-    n = max(1, math.ceil(n_rows / BUCKET_ROWS))
-    counts = {"ok": 0, "skipped": 0, "failed": 0}
-    fields = [pa.field(c, pa.string()) for c in ("input", "output", "status", "error")]
-    fields += [pa.field(a, pa.string()) for a in attrs]
-    fields += [pa.field("variant", pa.string()), pa.field("model_id", pa.string())]
-    fields += [pa.field("width", pa.int32()), pa.field("height", pa.int32())]
-    manifest_schema = pa.schema(fields)
-
-    def bucket_of(df: pd.DataFrame) -> pd.Series:
-        return df["input"].map(sketch_rank).fillna(0).astype(int) * n // max(1, len(sketch_rank))
-
-    def manifest_frames(spill: Path) -> Iterator[pd.DataFrame]:
-        tables = (t for t in (_read(fs, p) for p in run_parts) if t is not None)
-        for df in _buckets(tables, bucket_of, n, spill):
-            df = df.sort_values("done_at", kind="stable").drop_duplicates("output", keep="last")
-            df = df.sort_values(["input", "variant"], kind="stable")
-            v = df["variant"].to_numpy()
-            for a in attrs:
-                df[a] = grid[a].to_numpy()[v]
-            df["variant"] = grid["variant"].to_numpy()[v]
-            for status, k in df["status"].value_counts().items():
-                counts[status] = counts.get(status, 0) + int(k)
-            yield df[manifest_schema.names]
-
-    with tempfile.TemporaryDirectory() as spill:
-        _write_parquet(
-            fs, storage.join(root, MANIFEST), manifest_frames(Path(spill)), manifest_schema
-        )
-    _compact_ledger(fs, root, run_parts + old_parts)
-    for p in run_parts + old_parts:
-        fs.delete_file(p)
-    return counts
+    path = manifest_path(root, shard)
+    if storage.exists(fs, path):
+        fs.delete_file(path)
 
 
-def _rows(fs, path: str) -> int:
-    with fs.open_input_file(path) as f:
-        return pq.ParquetFile(f).metadata.num_rows
+def manifest_shards(output_root: str) -> list[int]:
+    fs, root = storage.resolve(output_root)
+    import pyarrow.fs as pafs
+
+    base = storage.join(root, MANIFEST)
+    infos = fs.get_file_info(pafs.FileSelector(base, recursive=False, allow_not_found=True))
+    out = []
+    for i in infos:
+        name = i.path.rsplit("/", 1)[-1]
+        if i.type == pafs.FileType.Directory and name.startswith("shard="):
+            out.append(int(name.split("=", 1)[1]))
+    return sorted(out)
 
 
-def _compact_ledger(fs, root: str, parts: list[str]) -> None:
-    """The ledger again: its rows plus the ok rows of ``parts``, one row per output (latest)."""
-    ledger_path = storage.join(root, LEDGER)
-    sources = ([ledger_path] if storage.exists(fs, ledger_path) else []) + parts
-    total = 0
-    for p in sources:
-        with contextlib.suppress(OSError, pa.ArrowInvalid):  # torn: _read skips it too
-            total += _rows(fs, p)
-    n = max(1, math.ceil(total / BUCKET_ROWS))
+def iter_manifest(output_root: str, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
+    """The manifest shard by shard (never loaded whole)."""
+    fs, root = storage.resolve(output_root)
+    for shard in manifest_shards(output_root):
+        path = manifest_path(root, shard)
+        if not storage.exists(fs, path):
+            continue
+        t = _read(fs, path)
+        if t is not None:
+            df = t.to_pandas()
+            yield df[[c for c in columns if c in df]] if columns else df
 
-    def tables() -> Iterator[pa.Table]:
-        for p in sources:
-            t = _read(fs, p)
-            if t is None:
-                continue
-            if "status" in t.column_names:
-                t = t.filter(pa.compute.equal(t["status"], "ok"))
-            yield t.select(LEDGER_COLUMNS).cast(LEDGER_SCHEMA)
 
-    def bucket_of(df: pd.DataFrame) -> pd.Series:
-        return pd.util.hash_pandas_object(df["output"], index=False) % n
-
-    def frames(spill: Path) -> Iterator[pd.DataFrame]:
-        for df in _buckets(tables(), bucket_of, n, spill):
-            df = df.sort_values("done_at", kind="stable").drop_duplicates("output", keep="last")
-            yield df.sort_values("output", kind="stable")
-
-    with tempfile.TemporaryDirectory() as spill:
-        _write_parquet(fs, ledger_path, frames(Path(spill)), LEDGER_SCHEMA)
+# ---- before 0.3 ---------------------------------------------------------------------------------
+def migrate_v1(output_root: str, shard_of_input, run_id: str = "v1") -> int:
+    """Move an output folder's one-file ledger (and the parts killed runs left) into shard
+    progress parts, once; remove the one-file manifest. Returns the records moved."""
+    fs, root = storage.resolve(output_root)
+    sources = []
+    if storage.exists(fs, storage.join(root, V1_LEDGER)):
+        sources.append(storage.join(root, V1_LEDGER))
+    sources += [storage.join(root, V1_PARTS, f) for f in storage.list_files(fs, storage.join(root, V1_PARTS)) if f.endswith(".parquet")]  # fmt: skip
+    moved = 0
+    for path in sources:
+        t = _read(fs, path)
+        if t is None:
+            continue
+        if "status" in t.column_names:
+            t = t.filter(pc.equal(t["status"], "ok"))
+        df = t.to_pandas()
+        by_shard: dict[int, dict] = {}
+        for r in df.itertuples(index=False):
+            rows = by_shard.setdefault(shard_of_input(r.input), empty_rows())
+            for k, v in (("output", r.output), ("input", r.input), ("input_size", -1), ("input_mtime_ns", -1),
+                         ("input_sha256", ""), ("variant", 0), ("values", r.values), ("model_id", r.model_id),
+                         ("width", int(r.width)), ("height", int(r.height)), ("size", int(r.size)),
+                         ("mtime_ns", int(r.mtime_ns)), ("sha256", r.sha256), ("done_at", float(r.done_at)), ("container", ""),
+                         ("status", "ok"), ("error", "")):  # fmt: skip
+                rows.setdefault(k, []).append(v)
+        for shard, rows in by_shard.items():
+            write_progress(output_root, shard, run_id, rows)
+            moved += len(rows["output"])
+    for path in sources:
+        fs.delete_file(path)
+    if storage.exists(fs, storage.join(root, V1_MANIFEST)):
+        fs.delete_file(storage.join(root, V1_MANIFEST))
+    return moved

@@ -28,10 +28,12 @@ def build_parser(prog: str = "colorjob batch"):
     cli.flag(p, "--format", "format", choices=list(FORMATS), help="output image format (default png)")  # fmt: skip
     cli.flag(p, "--overwrite", "overwrite", action="store_true", default=None, help="redo outputs that are already done")  # fmt: skip
     cli.flag(p, "--fail-on-error", "fail_on_error", action="store_true", default=None, help="exit 1 if any input failed")  # fmt: skip
+    cli.flag(p, "--layout", "layout", choices=["mirror", "shards"], help="mirror: one file per output beside the sketch's path (default); shards: one WebDataset tar per shard")  # fmt: skip
+    p.add_argument("--dry-run", action="store_true", help="list, plan and decide exactly as a run would, say what it would make and why, and write nothing")  # fmt: skip
     return p
 
 
 def command(args) -> int:
     cfg = cli.load(BatchConfig, args)
-    result = execute(cfg)
+    result = execute(cfg, dry_run=args.dry_run)
     return 1 if result.failed and cfg.fail_on_error else 0
