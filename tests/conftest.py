@@ -88,7 +88,7 @@ def _stop_our_ray():
     shutil.rmtree(_RAY_TMP, ignore_errors=True)
 
 
-def read_manifest(output) -> "pd.DataFrame":
+def read_manifest(output):
     """A batch output folder's manifest (a Parquet dataset of one part per shard) as one frame,
     sorted by sketch then grid row, without the partition column."""
     import pandas as pd

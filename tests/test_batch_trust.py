@@ -13,11 +13,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import read_manifest
 from PIL import Image
 
 from colorjob import storage, synth
 from colorjob.batch import BatchConfig, BatchError, execute
+from colorjob.batch.lock import LOCK
 from colorjob.cli import main as colorjob_main
+from colorjob.export import export_generator, read_model_info
+from colorjob.imaging import DECODE_BYTES_PER_PIXEL
+from colorjob.models import Generator
 
 
 def main(argv):
@@ -27,13 +32,6 @@ def main(argv):
 def run(cfg):
     return execute(cfg).read_manifest()
 
-
-from conftest import read_manifest
-
-from colorjob.batch.lock import LOCK
-from colorjob.export import export_generator, read_model_info
-from colorjob.imaging import DECODE_BYTES_PER_PIXEL
-from colorjob.models import Generator
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,13 +19,11 @@ from colorjob.data import DatasetError, PairDataset, read_metadata
 from colorjob.export import export_generator, load_generator, read_model
 from colorjob.models import Generator
 from colorjob.train import TrainConfig, load_checkpoint
+from colorjob.tune import TuneConfig
 
 
 def main(argv):
     return colorjob_main(["train", *argv])
-
-
-from colorjob.tune import TuneConfig
 
 
 def test_a_second_run_into_the_same_folder_is_refused_unless_resumed_or_overwritten(

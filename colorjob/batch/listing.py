@@ -254,10 +254,7 @@ def deal(src: Source, fmt: str, variants: int, shards: int | None, folder: Path)
     skipped = Skipped()
     spill_dir = Path(tempfile.mkdtemp(prefix="colorjob-listing-"))
     try:
-        files = [
-            open(spill_dir / f"{b:03d}.tsv", "w", encoding="utf-8", newline="\n")
-            for b in range(SPILL_BUCKETS)
-        ]  # noqa: SIM115 - closed below
+        files = [open(spill_dir / f"{b:03d}.tsv", "w", encoding="utf-8", newline="\n") for b in range(SPILL_BUCKETS)]  # noqa: SIM115  # fmt: skip
         n = 0
         try:
             for rel, size, mtime in src.walk(skipped):
