@@ -11,8 +11,9 @@ the score a search selects on is computed from exactly the pixels the shipped im
 
 A sketch is stored once and shared by all its variants: pass ``sketch_index`` to cross ``N``
 sketches with ``M`` (sketch, condition) pairs. When the conditions enter only the decoder
-(``conditioning: film``), each sketch's encoder features are computed once and reused by all its
-variants that follow each other. Torch only: no Ray, no files.
+(``conditioning: film``), each sketch's encoder features are computed once, kept until its last
+pair, and reused by all its variants, whatever the chunk size (eval mode: the same bits as a
+forward per pair, a test says so). Torch only: no Ray, no files.
 """
 
 from __future__ import annotations
@@ -57,13 +58,16 @@ def colorize_chunks(
     sketch_index: torch.Tensor | None = None,
     batch_size: int = 64,
     precision: Precision = "auto",
+    share_encoder: bool | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(start, images)``: uint8 ``(n, 3, S, S)`` outputs of pairs ``start .. start + n``.
 
     ``sketches``: uint8 ``(N, 3, S, S)``; ``conditions``: long ``(M, A)`` value indices in the
     vocabulary's attribute order; ``sketch_index``: ``(M,)`` which sketch each pair colours
     (default: pair ``i`` colours sketch ``i``). Chunks hold at most ``batch_size`` images and
-    stay on the generator's device.
+    stay on the generator's device. ``share_encoder``: encode each sketch once for all its pairs
+    (default: when the generator allows it, :func:`shares_encoder`); False runs a full forward
+    per pair (the reference the shared path equals bit for bit).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -83,19 +87,47 @@ def colorize_chunks(
     sketch_index = torch.as_tensor(sketch_index, dtype=torch.long).to(device)
     was_training = generator.training
     generator.eval()
+    shared = shares_encoder(generator) if share_encoder is None else share_encoder and shares_encoder(generator)
+    last_use = {}
+    if shared:  # the last pair of each sketch: its features are dropped after it
+        for i, k in enumerate(sketch_index.tolist()):
+            last_use[k] = i
+    cache: dict[int, list[torch.Tensor]] = {}
+
+    def prepared(idx: torch.Tensor) -> torch.Tensor:
+        x = to_unit(sketches[idx])
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
     try:
         for start in range(0, conditions.shape[0], batch_size):
             part = slice(start, start + batch_size)
-            x = to_unit(sketches[sketch_index[part]])
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(
                 device.type, dtype=dtype or torch.float32, enabled=dtype is not None
             ):
-                y = generator(x, vectors[part])
+                if not shared:
+                    y = generator(prepared(sketch_index[part]), vectors[part])
+                else:  # each sketch encoded once, for all its variants
+                    ids = sketch_index[part].tolist()
+                    new = sorted(set(ids) - set(cache))
+                    if new:
+                        feats = generator.encode(prepared(torch.tensor(new, device=device)))
+                        for j, k in enumerate(new):
+                            cache[k] = [f[j : j + 1] for f in feats]
+                    rows = [cache[k] for k in ids]
+                    feats = [torch.cat([r[level] for r in rows]) for level in range(len(rows[0]))]
+                    y = generator.decode(feats, vectors[part])
+                    for k in set(ids):
+                        if last_use[k] < start + batch_size:
+                            del cache[k]
             yield start, to_uint8(y)
     finally:
         generator.train(was_training)
+
+
+def shares_encoder(generator: nn.Module) -> bool:
+    """Whether the generator's encoder sees the sketch alone (``film``): then a sketch's encoder
+    features serve every variant of it."""
+    return getattr(generator, "conditioning", "concat") == "film"
 
 
 def colorize(
@@ -106,11 +138,12 @@ def colorize(
     sketch_index: torch.Tensor | None = None,
     batch_size: int = 64,
     precision: Precision = "auto",
+    share_encoder: bool | None = None,
 ) -> torch.Tensor:
     """All outputs at once: uint8 ``(M, 3, S, S)`` on the generator's device (see
     :func:`colorize_chunks` for the arguments)."""
     chunks = colorize_chunks(
-        generator, sketches, conditions, vocab, sketch_index, batch_size, precision
+        generator, sketches, conditions, vocab, sketch_index, batch_size, precision, share_encoder
     )
     images = [images for _, images in chunks]
     if not images:
