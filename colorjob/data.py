@@ -93,11 +93,11 @@ def read_metadata(root: str | Path) -> pd.DataFrame:
         raise DatasetError(f"{path} has a header but no rows: the dataset is empty")
     blank = df.index[(df[list(FILE_COLUMNS)] == "").any(axis=1)].tolist()
     if blank:
-        raise DatasetError(f"{path}: rows {_rows(blank)} have an empty input or output")
+        raise DatasetError(f"{path}: {_rows(blank)} {'has' if len(blank) == 1 else 'have'} an empty input or output")
     attrs = [c for c in df.columns if c not in FILE_COLUMNS]
     empty = df.index[(df[attrs].apply(lambda c: c.str.strip()) == "").any(axis=1)].tolist()
     if empty:
-        raise DatasetError(f"{path}: rows {_rows(empty)} have an empty condition value ({', '.join(attrs)}); every row needs one of each")  # fmt: skip
+        raise DatasetError(f"{path}: {_rows(empty)} {'has' if len(empty) == 1 else 'have'} an empty condition value ({', '.join(attrs)}); every row needs one of each")  # fmt: skip
     outside = [
         f"row {i + 2}: {f}"
         for i, pair in enumerate(df[list(FILE_COLUMNS)].itertuples(index=False))
@@ -141,8 +141,10 @@ def mask_path(root: Path, sketch_rel: str, attribute: str, unique_stem: bool) ->
 
 
 def _rows(idx: list[int]) -> str:
+    """``row 4`` / ``rows 4, 7 and 3 more``: lines of metadata.csv (the header is line 1)."""
     lines = [str(i + 2) for i in idx[:10]]  # +2: header line and 1-based numbering
-    return ", ".join(lines) + (f" and {len(idx) - 10} more" if len(idx) > 10 else "")
+    more = f" and {len(idx) - 10} more" if len(idx) > 10 else ""
+    return ("row " if len(idx) == 1 else "rows ") + ", ".join(lines) + more
 
 
 def split_indices(df: pd.DataFrame, val_fraction: float = 0.2, seed: int = 0, by: str = "sketch"):

@@ -81,9 +81,16 @@ def check(uri: str | Path, writable: bool = False) -> None:
     fs, path = resolve(uri)
     try:
         fs.get_file_info(path)
-        if writable:
+        if writable and not is_uri(uri):  # probe the nearest folder that exists: create nothing
+            here = Path(path)
+            while not here.exists() and here != here.parent:
+                here = here.parent
+            import tempfile
+
+            with tempfile.TemporaryFile(dir=here, prefix=f"{TMP_MARK}probe-"):
+                pass
+        elif writable:
             probe = f"{path.rstrip('/')}/{TMP_MARK}probe-{uuid.uuid4().hex}"
-            fs.create_dir(path, recursive=True)
             with fs.open_output_stream(probe) as f:
                 f.write(b"")
             fs.delete_file(probe)

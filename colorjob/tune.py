@@ -166,6 +166,8 @@ def _bounds(key: str, kind: str, args) -> list:
             raise cfgmod.ConfigError(f"{where}: choice needs a non-empty list of values")
         return list(args)
     n = {"loguniform": 2, "uniform": 2, "randint": 2, "quniform": 3}[kind]
+    if isinstance(args, list):  # YAML reads 5e-5 (no dot) as a string: take it as the number
+        args[:] = [_number(a) for a in args]
     if not isinstance(args, list) or len(args) != n or not all(isinstance(a, int | float) and not isinstance(a, bool) for a in args):  # fmt: skip
         shape = "[low, high, q]" if n == 3 else "[low, high]"
         raise cfgmod.ConfigError(f"{where}: {kind} needs {n} numbers {shape}")
@@ -181,6 +183,16 @@ def _bounds(key: str, kind: str, args) -> list:
             raise cfgmod.ConfigError(f"{where}: randint needs integers")
         return [int(low), int(high) - 1]  # high is exclusive
     return [low, high]
+
+
+def _number(value):
+    if isinstance(value, str):
+        try:
+            f = float(value)
+        except ValueError:
+            return value
+        return int(f) if f.is_integer() and "." not in value and "e" not in value.lower() else f
+    return value
 
 
 def check_search(cfg: TuneConfig) -> None:

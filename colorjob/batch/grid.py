@@ -82,6 +82,9 @@ def read_grid(path: str, vocab: ConditionVocab) -> pd.DataFrame:
         raise BatchError(f"conditions grid {path} not found")
     header, rows = _rows(_text(storage.read_bytes(fs, p), path), path, vocab)
     problems = []
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:
+        raise BatchError(f"{path}: the header names column(s) {', '.join(repeated)} more than once; keep one of each")  # fmt: skip
     missing = [n for n in vocab.names if n not in header]
     if missing:
         problems.append(
