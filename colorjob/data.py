@@ -93,7 +93,9 @@ def read_metadata(root: str | Path) -> pd.DataFrame:
         raise DatasetError(f"{path} has a header but no rows: the dataset is empty")
     blank = df.index[(df[list(FILE_COLUMNS)] == "").any(axis=1)].tolist()
     if blank:
-        raise DatasetError(f"{path}: {_rows(blank)} {'has' if len(blank) == 1 else 'have'} an empty input or output")
+        raise DatasetError(
+            f"{path}: {_rows(blank)} {'has' if len(blank) == 1 else 'have'} an empty input or output"
+        )
     attrs = [c for c in df.columns if c not in FILE_COLUMNS]
     empty = df.index[(df[attrs].apply(lambda c: c.str.strip()) == "").any(axis=1)].tolist()
     if empty:

@@ -87,7 +87,11 @@ def colorize_chunks(
     sketch_index = torch.as_tensor(sketch_index, dtype=torch.long).to(device)
     was_training = generator.training
     generator.eval()
-    shared = shares_encoder(generator) if share_encoder is None else share_encoder and shares_encoder(generator)
+    shared = (
+        shares_encoder(generator)
+        if share_encoder is None
+        else share_encoder and shares_encoder(generator)
+    )
     last_use = {}
     if shared:  # the last pair of each sketch: its features are dropped after it
         for i, k in enumerate(sketch_index.tolist()):

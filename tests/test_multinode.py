@@ -64,7 +64,10 @@ def kill_when(condition, action, timeout: float = 300) -> threading.Thread:
     return t
 
 
-def test_batch_survives_losing_a_worker_node(cluster, tmp_path, chars, trained):
+@pytest.mark.parametrize("layout", ["mirror", "shards"])
+def test_batch_survives_losing_a_worker_node(cluster, tmp_path, chars, trained, layout):
+    import tarfile
+
     c = cluster
     workers = two_workers(c)
     src = Image.open(chars / "sketches" / "char_0003.png")
@@ -76,30 +79,46 @@ def test_batch_survives_losing_a_worker_node(cluster, tmp_path, chars, trained):
     def images() -> list[Path]:
         return [p for p in out.rglob("*__*.png") if ".colorjob" not in p.parts]
 
+    def progress() -> int:  # outputs made so far: files (mirror), tar pieces' results (shards)
+        if layout == "mirror":
+            return len(images())
+        return 25 * len(list(out.rglob(".colorjob/runs/*/results/*/*.parquet")))
+
     killed = []
     watcher = kill_when(
-        lambda: len(images()) >= 60,
-        lambda: killed.append(len(images())) or c.remove_node(workers[1], allow_graceful=False),
+        lambda: progress() >= 60,
+        lambda: killed.append(progress()) or c.remove_node(workers[1], allow_graceful=False),
     )
     m = run(
         BatchConfig(
             input=str(tmp_path / "in"), conditions=str(ROOT / "configs" / "grid.csv"),
             model=str(Path(trained[0].out) / "best"), output=str(out), executor="ray",
+            layout=layout, shards=4,
         )
     )  # fmt: skip
     watcher.join(timeout=5)
     assert killed and killed[0] < 24 * 25, "the node was not killed while the job ran"
     assert len(m) == 24 * 25 and (m["status"] == "ok").all()
     assert m["output"].is_unique and len(m[["input", "variant"]].drop_duplicates()) == 24 * 25
-    files = images()
-    assert sorted(str(p.relative_to(out)) for p in files) == sorted(m["output"])
-    for r in m.itertuples():  # every file whole, and the manifest agrees with it
-        img = Image.open(out / r.output)
-        img.load()
-        assert img.size == (r.width, r.height)
-    ledger = pd.read_parquet(out / ".colorjob" / "ledger.parquet")
-    assert sorted(ledger["output"]) == sorted(m["output"]) and not list(
-        out.rglob("*.colorjob-tmp-*")
+    if layout == "mirror":
+        files = images()
+        assert sorted(str(p.relative_to(out)) for p in files) == sorted(m["output"])
+        for r in m.itertuples():  # every file whole, and the manifest agrees with it
+            img = Image.open(out / r.output)
+            img.load()
+            assert img.size == (r.width, r.height)
+    else:
+        members = set()
+        for t in (out / "shards").rglob("*.tar"):
+            with tarfile.open(t) as tar:
+                members |= {
+                    f"{t.relative_to(out)}#{n}" for n in tar.getnames() if n.endswith(".png")
+                }
+        assert members == set(m["output"])
+    ledger = pd.read_parquet(out / ".colorjob" / "ledger")
+    assert len(ledger) == 24 * 25 and not list(out.rglob("*.colorjob-tmp-*"))
+    assert not (out / ".colorjob" / "runs").exists() or not any(
+        (out / ".colorjob" / "runs").iterdir()
     )
 
 

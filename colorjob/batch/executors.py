@@ -31,6 +31,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
+from colorjob.batch import ledger
 from colorjob.batch import shard as shards
 from colorjob.batch.stages import ColorizeStage, Fused, Spec, decode_stage, encode_stage
 from colorjob.imaging import DECODE_BYTES_PER_PIXEL
@@ -112,6 +113,7 @@ def run_local(spec: Spec, model: tuple[dict, bytes], decisions: dict, work_root:
             if d.unchanged:
                 counts["skipped"] += d.skipped
                 continue
+            ledger.remove_manifest(spec.output_root, s)  # says nothing until it is finished
             work = shards.blocks(work_root, s) if d.todo else []
             remaining[s] = len(work)
             if not work:
@@ -253,6 +255,8 @@ def run_ray(spec: Spec, model: tuple[dict, bytes], decisions: dict, work_root: s
     opened: dict[int, Open] = {}
     finishing = []
     for s, d in decisions.items():
+        if not d.unchanged:
+            ledger.remove_manifest(spec.output_root, s)  # says nothing until it is finished
         if d.unchanged:
             counts["skipped"] += d.skipped
         elif d.todo == 0:

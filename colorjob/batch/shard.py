@@ -161,7 +161,7 @@ def decide(spec: Spec, shard: int, inputs: pa.Table, work_root: str) -> Decision
     d.skipped = d.planned - d.todo
     d.reasons = Counter(r for r in rows["reason"] if r)
     wanted = _planned_hash(spec, outs)
-    d.unchanged = d.todo == 0 and meta.get("manifest_hash") == wanted
+    d.unchanged = d.todo == 0 and meta.get("manifest_hash") == wanted and storage.exists(fs, ledger.manifest_path(root, shard))  # fmt: skip
     d.blocks = len(_blocks(rows))
     if not d.unchanged:
         table = pa.table({n: pa.array(rows[n], type=DECISION.field(n).type) for n in DECISION.names}, schema=DECISION)  # fmt: skip
