@@ -26,8 +26,7 @@ import io
 import json
 import time
 import uuid
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 import pandas as pd
 import pyarrow as pa
@@ -96,7 +95,7 @@ def _write_table(output_root: str, path: str, table: pa.Table, run: str, meta: d
 
 def _read(fs, path: str) -> pa.Table | None:
     try:
-        return pq.read_table(io.BytesIO(storage.read_bytes(fs, path)))
+        return pq.ParquetFile(pa.BufferReader(storage.read_bytes(fs, path))).read()
     except (OSError, pa.ArrowInvalid):
         return None  # a torn part of a killed run: its outputs are simply redone
 
@@ -119,22 +118,19 @@ def write_state(output_root: str, state: dict) -> None:
 
 
 # ---- one shard's records ------------------------------------------------------------------------
-@dataclass
-class Record:
-    """What the ledger knows of one output."""
+class Records:
+    """One shard's records, as columns (``cols[name][i]``) and an index ``output -> i`` (the
+    latest record of an output): cheap to build and to look up, for a shard of any size."""
 
-    input: str
-    input_size: int
-    input_mtime_ns: int
-    input_sha256: str
-    values: str
-    model_id: str
-    width: int
-    height: int
-    size: int
-    mtime_ns: int
-    sha256: str
-    container: str
+    def __init__(self, table: pa.Table | None):
+        self.cols = {n: (table[n].to_pylist() if table is not None else []) for n in RECORD.names}
+        self.index = {o: i for i, o in enumerate(self.cols["output"])}  # later rows win
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def get(self, output: str, name: str):
+        return self.cols[name][self.index[output]]
 
 
 def shard_dir(root: str, shard: int) -> str:
@@ -149,9 +145,9 @@ def _parts(fs, root: str, shard: int) -> tuple[str | None, list[str]]:
     return part, progress
 
 
-def read_shard(output_root: str, shard: int) -> tuple[dict[str, Record], dict]:
-    """``({output: Record}, the part's metadata)`` of one shard: its ledger part and the progress
-    parts killed runs left; the latest record of an output wins."""
+def read_shard(output_root: str, shard: int) -> tuple[Records, dict]:
+    """``(Records, the part's metadata)`` of one shard: its ledger part and the progress parts
+    killed runs left (ok rows only); the latest record of an output wins."""
     fs, root = storage.resolve(output_root)
     part, progress = _parts(fs, root, shard)
     tables, meta = [], {}
@@ -164,14 +160,12 @@ def read_shard(output_root: str, shard: int) -> tuple[dict[str, Record], dict]:
         if "status" in t.column_names:  # progress parts record failures too (for the manifest)
             t = t.filter(pc.equal(t["status"], "ok"))
         tables.append(t.select(RECORD.names).cast(RECORD))
-    records: dict[str, Record] = {}
-    if tables:
-        t = pa.concat_tables(tables)
+    if not tables:
+        return Records(None), meta
+    t = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    if len(tables) > 1:
         t = t.take(pc.sort_indices(t, [("done_at", "ascending")]))
-        cols = {n: t[n].to_pylist() for n in RECORD.names}
-        for i, out in enumerate(cols["output"]):
-            records[out] = Record(*(cols[n][i] for n in ("input", "input_size", "input_mtime_ns", "input_sha256", "values", "model_id", "width", "height", "size", "mtime_ns", "sha256", "container")))  # fmt: skip
-    return records, meta
+    return Records(t), meta
 
 
 def write_progress(output_root: str, shard: int, run_id: str, rows: dict) -> None:
@@ -186,38 +180,31 @@ def write_progress(output_root: str, shard: int, run_id: str, rows: dict) -> Non
     _write_table(output_root, storage.join(shard_dir(root, shard), name), table, run_id)
 
 
-def compact(output_root: str, shard: int, run_id: str, meta: dict, keep: Iterable[str] | None = None) -> None:  # fmt: skip
+def compact(output_root: str, shard: int, run_id: str, meta: dict) -> None:
     """Fold the shard's progress parts into its ``part.parquet`` (one row per output, the
-    latest; only the outputs in ``keep`` when given) with ``meta``, then remove them."""
+    latest) with ``meta``, then remove them."""
     fs, root = storage.resolve(output_root)
-    part, progress = _parts(fs, root, shard)
+    _, progress = _parts(fs, root, shard)
     records, _ = read_shard(output_root, shard)
-    wanted = None if keep is None else set(keep)
-    rows = empty_rows()
-    for out, r in sorted(records.items()):
-        if wanted is not None and out not in wanted:
-            continue
-        for k, v in (("output", out), ("input", r.input), ("input_size", r.input_size), ("input_mtime_ns", r.input_mtime_ns),
-                     ("input_sha256", r.input_sha256), ("variant", 0), ("values", r.values), ("model_id", r.model_id),
-                     ("width", r.width), ("height", r.height), ("size", r.size), ("mtime_ns", r.mtime_ns),
-                     ("sha256", r.sha256), ("done_at", 0.0), ("container", r.container)):  # fmt: skip
-            rows[k].append(v)
+    keep = sorted(records.index.items())
+    rows = {n: [records.cols[n][i] for _, i in keep] for n in RECORD.names}
     _write_table(output_root, storage.join(shard_dir(root, shard), "part.parquet"), _table(rows), run_id, meta=meta)  # fmt: skip
     for p in progress:
         fs.delete_file(p)
 
 
-def still_valid(record: Record, info: tuple[int, int] | None, read) -> bool:
-    """Is the file on disk (``info`` = its size and mtime_ns, None if absent) the one recorded?
+def still_valid(size: int, mtime_ns: int, sha256: str, info: tuple[int, int] | None, read) -> bool:
+    """Is the file on disk (``info`` = its size and mtime_ns, None if absent) the one recorded
+    (``size``, ``mtime_ns``, ``sha256``)?
 
     Same size and modification time: yes. Same size, other time (copied, touched): yes if its
     SHA-256 is the recorded one (``read()`` gives its bytes). Anything else: no.
     """
-    if info is None or info[0] != record.size or record.size == 0:
+    if info is None or info[0] != size or size == 0:
         return False
-    if info[1] == record.mtime_ns:
+    if info[1] == mtime_ns:
         return True
-    return hashlib.sha256(read()).hexdigest() == record.sha256
+    return hashlib.sha256(read()).hexdigest() == sha256
 
 
 # ---- the manifest -------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ memory it takes is one bucket or one shard, whatever the job's size.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import posixpath
@@ -33,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from colorjob import storage
 from colorjob.batch.grid import BatchError
@@ -242,10 +240,10 @@ class Dealt:
     skipped: Skipped
 
     def inputs(self, shard: int) -> pa.Table:
-        return pq.read_table(self.folder / f"{shard_name(shard)}.parquet")
+        return read_table_bytes(self.path(shard).read_bytes())
 
     def path(self, shard: int) -> Path:
-        return self.folder / f"{shard_name(shard)}.parquet"
+        return self.folder / f"{shard_name(shard)}.arrow"
 
 
 def deal(src: Source, fmt: str, variants: int, shards: int | None, folder: Path) -> Dealt:
@@ -287,7 +285,8 @@ def deal(src: Source, fmt: str, variants: int, shards: int | None, folder: Path)
             for shard in sorted(rows):
                 part = sorted(rows[shard])
                 table = pa.table({"path": [r[0] for r in part], "size": [r[1] for r in part], "mtime_ns": [r[2] for r in part]}, schema=INPUT_SCHEMA)  # fmt: skip
-                pq.write_table(table, folder / f"{shard_name(shard)}.parquet")
+                with pa.OSFile(str(folder / f"{shard_name(shard)}.arrow"), "wb") as f, pa.ipc.new_file(f, INPUT_SCHEMA) as w:  # fmt: skip
+                    w.write_table(table)
                 busy.append(shard)
         return Dealt(folder, shards, n, sorted(busy), skipped)
     finally:
@@ -297,4 +296,5 @@ def deal(src: Source, fmt: str, variants: int, shards: int | None, folder: Path)
 
 
 def read_table_bytes(data: bytes) -> pa.Table:
-    return pq.read_table(io.BytesIO(data))
+    """A shard's input list (Arrow IPC: read in microseconds, also from bytes a task was sent)."""
+    return pa.ipc.open_file(pa.BufferReader(data)).read_all()

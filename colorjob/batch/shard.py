@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from colorjob import storage
 from colorjob.batch import ledger
 from colorjob.batch.listing import shard_name
-from colorjob.batch.names import output_rel, sketch_key
+from colorjob.batch.names import sketch_key
 from colorjob.batch.stages import Spec
 
 BLOCK_IMAGES = 64  # images per block of work (and per progress part)
@@ -105,67 +105,73 @@ def decide(spec: Spec, shard: int, inputs: pa.Table, work_root: str) -> Decision
     fs, root = storage.resolve(spec.output_root)
     records, meta = ledger.read_shard(spec.output_root, shard)
     paths, sizes, mtimes = (inputs[c].to_pylist() for c in ("path", "size", "mtime_ns"))
-    planned = [
-        (i, v, output_rel(sketch_key(rel, spec.fmt), name, spec.fmt))
-        for i, rel in enumerate(paths)
-        for v, name in enumerate(spec.variants)
-    ]
-    outs = [o for _, _, o in planned]
+    fmt, n_var = spec.fmt, len(spec.variants)
+    tails = [f"__{name}.{fmt}" for name in spec.variants]
+    keys = [sketch_key(rel, fmt) for rel in paths]
+    outs = [k + t for k in keys for t in tails]
     container = container_of(shard)
     files = _file_infos(fs, root, outs if spec.layout == "mirror" else [container])
-    tar_ok = spec.layout == "shards" and container in files
+    tar_ok = spec.layout == "shards" and container in files and meta.get("container") == [container, *files[container]]  # fmt: skip
+    index, cols = records.index, records.cols
+    r_input, r_values, r_model = cols["input"], cols["values"], cols["model_id"]
+    r_isize, r_imtime, r_isha = cols["input_size"], cols["input_mtime_ns"], cols["input_sha256"]
+    r_size, r_mtime, r_sha, r_cont = cols["size"], cols["mtime_ns"], cols["sha256"], cols["container"]
+    r_width, r_height = cols["width"], cols["height"]
     input_sha: dict[int, str] = {}
 
-    def same_sketch(rec: ledger.Record, i: int) -> bool:
-        if rec.input_size < 0:
-            return False  # not recorded (a folder made by colorjob 0.2): cannot be proven
-        if rec.input_size == sizes[i] and rec.input_mtime_ns == mtimes[i]:
-            return True
-        if rec.input_size != sizes[i] or not rec.input_sha256:
-            return False
+    def sketch_sha(i: int) -> str:
         if i not in input_sha:
-            data = storage.read_bytes(in_fs, storage.join(in_root, paths[i]))
-            input_sha[i] = hashlib.sha256(data).hexdigest()
-        return input_sha[i] == rec.input_sha256
+            input_sha[i] = hashlib.sha256(storage.read_bytes(in_fs, storage.join(in_root, paths[i]))).hexdigest()  # fmt: skip
+        return input_sha[i]
 
-    rows = {n: [] for n in DECISION.names}
-    d = Decision(shard, planned=len(planned))
-    for i, v, out in planned:
-        rec = records.get(out)
-        reason = ""
+    reason_of, model_of, width_of, height_of = [], [], [], []
+    values, model_id, mirror = spec.values, spec.model_id, spec.layout == "mirror"
+    for k, out in enumerate(outs):
+        i, v = divmod(k, n_var)
+        j = index.get(out)
         if spec.overwrite:
             reason = "overwrite"
-        elif rec is None:
+        elif j is None:
             reason = "unrecorded" if out in files else "new"
-        elif rec.model_id != spec.model_id:
+        elif r_model[j] != model_id:
             reason = "model"
-        elif rec.values != spec.values[v]:
+        elif r_values[j] != values[v]:
             reason = "values"
-        elif rec.input != paths[i]:
+        elif r_input[j] != paths[i]:
             reason = "other sketch"
-        elif not same_sketch(rec, i):
-            reason = "unknown sketch" if rec.input_size < 0 else "sketch changed"
-        elif spec.layout == "mirror" and not ledger.still_valid(rec, files.get(out), lambda o=out: storage.read_bytes(fs, storage.join(root, o))) or spec.layout == "shards" and (not tar_ok or rec.container != container or meta.get("container") != [container, *files[container]]):  # fmt: skip
+        elif r_isize[j] < 0:
+            reason = "unknown sketch"  # not recorded (a folder made by colorjob 0.2)
+        elif (r_isize[j], r_imtime[j]) != (sizes[i], mtimes[i]) and (r_isize[j] != sizes[i] or not r_isha[j] or sketch_sha(i) != r_isha[j]):  # fmt: skip
+            reason = "sketch changed"
+        elif mirror and not ledger.still_valid(r_size[j], r_mtime[j], r_sha[j], files.get(out), lambda o=out: storage.read_bytes(fs, storage.join(root, o))) or not mirror and (not tar_ok or r_cont[j] != container):  # fmt: skip
             reason = "output changed"
-        for k, val in (("input", paths[i]), ("input_size", sizes[i]), ("input_mtime_ns", mtimes[i]), ("output", out),
-                       ("variant", v), ("make", bool(reason)), ("reason", reason),
-                       ("model_id", rec.model_id if rec else ""), ("width", rec.width if rec else 0),
-                       ("height", rec.height if rec else 0)):  # fmt: skip
-            rows[k].append(val)
-    make = rows["make"]
-    if spec.layout == "shards" and any(make):  # a tar is made whole: every output of the shard
-        for k, m in enumerate(make):
-            if not m:
-                make[k], rows["reason"][k] = True, "shard"
+        else:
+            reason = ""
+        reason_of.append(reason)
+        model_of.append(r_model[j] if j is not None else "")
+        width_of.append(r_width[j] if j is not None else 0)
+        height_of.append(r_height[j] if j is not None else 0)
+    make = [bool(r) for r in reason_of]
+    if not mirror and any(make):  # a tar is made whole: every output of the shard
+        reason_of = [r or "shard" for r in reason_of]
+        make = [True] * len(make)
+    d = Decision(shard, planned=len(outs))
     d.todo = sum(make)
     d.skipped = d.planned - d.todo
-    d.reasons = Counter(r for r in rows["reason"] if r)
+    d.reasons = Counter(r for r in reason_of if r)
     wanted = _planned_hash(spec, outs)
     d.unchanged = d.todo == 0 and meta.get("manifest_hash") == wanted and storage.exists(fs, ledger.manifest_path(root, shard))  # fmt: skip
-    d.blocks = len(_blocks(rows))
     if not d.unchanged:
+        rows = {
+            "input": [p for p in paths for _ in range(n_var)],
+            "input_size": [x for x in sizes for _ in range(n_var)],
+            "input_mtime_ns": [x for x in mtimes for _ in range(n_var)],
+            "output": outs, "variant": list(range(n_var)) * len(paths), "make": make,
+            "reason": reason_of, "model_id": model_of, "width": width_of, "height": height_of,
+        }  # fmt: skip
+        d.blocks = len(_blocks(rows))
         table = pa.table({n: pa.array(rows[n], type=DECISION.field(n).type) for n in DECISION.names}, schema=DECISION)  # fmt: skip
-        wfs, wroot = storage.resolve(work_root)
+        wfs, _ = storage.resolve(work_root)
         buf = io.BytesIO()
         pq.write_table(table.replace_schema_metadata({"manifest_hash": wanted}), buf)
         storage.write_atomic(wfs, storage.join(work_dir(work_root, shard, "decided"), "decision.parquet"), buf.getvalue(), run=spec.run_id)  # fmt: skip
@@ -175,7 +181,7 @@ def decide(spec: Spec, shard: int, inputs: pa.Table, work_root: str) -> Decision
 def read_decision(work_root: str, shard: int) -> pa.Table:
     fs, _ = storage.resolve(work_root)
     path = storage.join(work_dir(work_root, shard, "decided"), "decision.parquet")
-    return pq.read_table(io.BytesIO(storage.read_bytes(fs, path)))
+    return pq.ParquetFile(pa.BufferReader(storage.read_bytes(fs, path))).read()
 
 
 def _blocks(rows: dict) -> list[dict]:
@@ -291,7 +297,7 @@ def finish(spec: Spec, work_root: str, shard: int) -> dict:
         parts = [p for p in _read_all(fs, folder, ".parquet") if p.rsplit("/", 1)[-1].startswith(f"progress-{spec.run_id}-")]  # fmt: skip
     else:
         parts = _read_all(wfs, work_dir(work_root, shard, "results"), ".parquet")
-    made = [pq.read_table(io.BytesIO(storage.read_bytes(fs if spec.layout == "mirror" else wfs, p))).to_pandas() for p in parts]  # fmt: skip
+    made = [pq.ParquetFile(pa.BufferReader(storage.read_bytes(fs if spec.layout == "mirror" else wfs, p))).read().to_pandas() for p in parts]  # fmt: skip
     made = pd.concat(made, ignore_index=True) if made else pd.DataFrame(columns=RESULT.names)
     meta = {"manifest_hash": manifest_hash, "layout": spec.layout}
     if spec.layout == "shards":
