@@ -30,7 +30,15 @@ FORMAT = "colorjob.checkpoint"
 VERSION = 2
 LAST, BEST = "last.pt", "best.pt"
 # Config keys that shape the networks: a checkpoint only resumes under the same ones.
-ARCHITECTURE_KEYS = ("image_size", "ngf", "ndf", "d_layers", "conditioning", "d_conditioning")
+ARCHITECTURE_KEYS = (
+    "image_size",
+    "ngf",
+    "ndf",
+    "d_layers",
+    "conditioning",
+    "d_conditioning",
+    "layers",
+)
 #: What every checkpoint holds (version 1 checkpoints lack only the best generator and samples).
 REQUIRED = ("epoch", "generator", "discriminator", "opt_g", "opt_d", "sched_g", "sched_d", "rng", "config", "conditions", "history", "best")  # fmt: skip
 
@@ -140,7 +148,9 @@ def best_samples(state: dict) -> bytes | None:
 
 def check_compatible(config: dict, state: dict) -> None:
     """Refuse to resume networks of another shape than the checkpoint's."""
-    old = {"conditioning": "concat", "d_conditioning": "concat"} | state["config"]  # before 0.2
+    old = {"conditioning": "concat", "d_conditioning": "concat", "layers": False} | state[
+        "config"
+    ]  # older runs
     diff = [
         f"{k}: checkpoint {old.get(k)} vs now {config.get(k)}"
         for k in ARCHITECTURE_KEYS

@@ -358,7 +358,9 @@ class DeviceSet:
         self.sketch_index = t["sketch_index"].to(device)
         self.targets = t["targets"].to(device)
         self.conditions = t["conditions"].to(device)
-        self.vectors = ds.vocab.multi_hot(self.conditions)  # (N, C) once, not per step
+        self.vectors = ds.vocab.vectors(self.conditions.cpu()).to(
+            device
+        )  # (N, C) once, not per step
         self.vocab, self.size = ds.vocab, ds.image_size
 
     def __len__(self) -> int:

@@ -1,49 +1,69 @@
 """Validation metrics and sample grids of a generator, through the one inference path.
 
 :func:`validate` colours every held-out (sketch, condition) pair with
-:func:`colorjob.inference.colorize` (uint8 out, exactly as batch colorization writes them) and
-measures L1 and PSNR against the targets and, where the dataset has region masks and colours,
-condition fidelity. :func:`save_samples` draws a fixed grid of held-out sketches x conditions.
+:func:`colorjob.inference.colorize` (uint8 out, in the output mode the model is used with:
+by default the composite, the sketch's own lines over the colours, exactly as batch writes it)
+and measures L1 and PSNR against the targets and, where the dataset has region masks and
+colours, condition fidelity, per-attribute pixel accuracy and ΔE2000, background leak and line
+preservation (:mod:`colorjob.metrics`). :func:`save_samples` draws a fixed grid of held-out
+sketches x conditions.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from colorjob.data import DeviceSet, PairDataset
 from colorjob.imaging import to_unit
-from colorjob.inference import Precision, colorize
-from colorjob.metrics import fidelity_hits, l1, psnr
+from colorjob.inference import Output, Precision, colorize
+from colorjob.metrics import BACKGROUND, colouring_stats, fidelity_hits, l1, psnr
 from colorjob.plots import save_grid
+
+#: The per-epoch columns every validation gives (more, per attribute, where masks allow).
+BASE = ("val_l1", "val_psnr", "val_fidelity")
 
 
 def region_masks(ds: PairDataset) -> list[dict] | None:
-    """Per row: attribute -> region mask; None when any mask or colour is missing."""
-    if any(c is None for a in ds.vocab.attributes for c in a.colors) or not ds.has_masks():
+    """Per row: attribute (and ``background``, where the dataset has it) -> region mask; None
+    when any attribute's mask or colour is missing."""
+    if not ds.vocab.judgeable() or not ds.has_masks():
         return None
-    return [{a: ds.mask(s, a) for a in ds.vocab.names} for s in ds.metadata["input"]]
+    masks = []
+    for s in ds.metadata["input"]:
+        m = {a: ds.mask(s, a) for a in ds.vocab.names}
+        bg = ds.mask(s, BACKGROUND)
+        if bg is not None:
+            m[BACKGROUND] = bg
+        masks.append(m)
+    return masks
 
 
 def validate(
-    g, val: DeviceSet, masks: list[dict] | None, batch_size: int, precision: Precision = "auto"
+    g,
+    val: DeviceSet,
+    masks: list[dict] | None,
+    batch_size: int,
+    precision: Precision = "auto",
+    output: Output = "composite",
 ) -> dict:
-    """``val_l1``, ``val_psnr`` (on the uint8 outputs, read back on [-1, 1]) and
-    ``val_fidelity`` (None without masks) of ``g`` on a validation split."""
+    """``val_l1``, ``val_psnr`` (on the uint8 outputs, read back on [-1, 1]), ``val_fidelity``
+    (None without masks) and, with masks, ``val_acc_<attr>``, ``val_de_<attr>_median`` /
+    ``_p95``, ``val_leak``, ``val_lines`` of ``g`` on a validation split."""
     fake = colorize(
-        g, val.sketches, val.conditions, val.vocab, val.sketch_index, batch_size, precision
-    )
-    fidelity = None
+        g, val.sketches, val.conditions, val.vocab, val.sketch_index, batch_size, precision,
+        output=output,
+    )  # fmt: skip
+    out = {"val_fidelity": None}
     if masks is not None:
         hits = fidelity_hits(fake.cpu(), val.conditions.cpu(), masks, val.vocab)
-        fidelity = hits.float().mean().item()
+        out["val_fidelity"] = hits.float().mean().item()
+        sketches = val.sketches[val.sketch_index].cpu()
+        out |= {f"val_{k}": v for k, v in colouring_stats(fake, sketches, val.conditions, masks, val.vocab).items()}  # fmt: skip
     fake, target = to_unit(fake), to_unit(val.targets)
-    return {
-        "val_l1": l1(fake, target).mean().item(),
-        "val_psnr": psnr(fake, target).mean().item(),
-        "val_fidelity": fidelity,
-    }
+    return {"val_l1": l1(fake, target).mean().item(), "val_psnr": psnr(fake, target).mean().item()} | out  # fmt: skip
 
 
 def sample_grid(val: DeviceSet, n_sketches: int, n_conditions: int) -> dict:
@@ -62,12 +82,13 @@ def sample_grid(val: DeviceSet, n_sketches: int, n_conditions: int) -> dict:
 
 
 def save_samples(
-    g, grid: dict, vocab, path: Path, batch_size: int, precision: Precision = "auto"
-) -> Path:
+    g, grid: dict, vocab, path: Path, batch_size: int, precision: Precision = "auto", output: Output = "composite"
+) -> Path:  # fmt: skip
     """One PNG: each sketch, then its colourings in the grid's conditions."""
     fake = colorize(
-        g, grid["sketches"], grid["conditions"], vocab, grid["sketch_index"], batch_size, precision
-    )
+        g, grid["sketches"], grid["conditions"], vocab, grid["sketch_index"], batch_size, precision,
+        output=output,
+    )  # fmt: skip
     k = grid["ncol"] - 1
     rows = [
         torch.cat([grid["sketches"][i : i + 1].to(fake.device), fake[i * k : (i + 1) * k]])
@@ -76,10 +97,11 @@ def save_samples(
     return save_grid(torch.cat(rows), path, ncol=grid["ncol"])
 
 
-def fidelity_of_files(
+def metrics_of_files(
     dataset: Path, sketches_prefix: str, rows, folder: Path, image_size: int
-) -> float | None:
-    """Condition fidelity of image files made from a dataset's sketches (e.g. batch outputs).
+) -> dict | None:
+    """Fidelity and the colouring metrics of image files made from a dataset's sketches (batch
+    outputs): ``fidelity``, ``acc_<attr>``, ``de_<attr>_median`` / ``_p95``, ``leak``, ``lines``.
 
     ``rows``: ``(sketch, output, {attribute: value})`` with ``sketch`` relative to the folder the
     job read (``sketches_prefix`` inside ``dataset``) and ``output`` relative to ``folder``. Uses
@@ -88,42 +110,55 @@ def fidelity_of_files(
     from colorjob.imaging import image_to_tensor, load_rgb
 
     ds = PairDataset(dataset, image_size)
-    if any(c is None for a in ds.vocab.attributes for c in a.colors):
+    if not ds.vocab.judgeable():
         return None
-    images, conditions, masks = [], [], []
+    images, sketches, conditions, masks = [], [], [], []
     for sketch, output, values in rows:
         mask = {a: ds.mask(sketches_prefix + sketch, a) for a in ds.vocab.names}
         if any(m is None for m in mask.values()):
             return None
+        bg = ds.mask(sketches_prefix + sketch, BACKGROUND)
+        if bg is not None:
+            mask[BACKGROUND] = bg
         images.append(image_to_tensor(load_rgb(folder / output), image_size))
+        sketches.append(image_to_tensor(load_rgb(Path(dataset) / (sketches_prefix + sketch)), image_size))  # fmt: skip
         conditions.append(ds.vocab.encode(values))
         masks.append(mask)
     if not images:
         return None
-    hits = fidelity_hits(torch.stack(images), torch.tensor(conditions), masks, ds.vocab)
-    return hits.float().mean().item()
+    images, codes = torch.stack(images), torch.tensor(conditions)
+    out = {"fidelity": fidelity_hits(images, codes, masks, ds.vocab).float().mean().item()}
+    return out | colouring_stats(images, torch.stack(sketches), codes, masks, ds.vocab)
+
+
+def fidelity_of_files(dataset: Path, sketches_prefix: str, rows, folder: Path, image_size: int) -> float | None:  # fmt: skip
+    """Condition fidelity alone of image files (see :func:`metrics_of_files`)."""
+    m = metrics_of_files(dataset, sketches_prefix, rows, folder, image_size)
+    return None if m is None else m["fidelity"]
 
 
 def validate_streamed(
-    g, ds: PairDataset, batch_size: int, chunk: int = 16, precision: Precision = "auto"
-) -> dict:
+    g, ds: PairDataset, batch_size: int, chunk: int = 16, precision: Precision = "auto", output: Output = "composite"
+) -> dict:  # fmt: skip
     """:func:`validate` for a split too large to hold decoded: ``chunk`` sketches (with all their
-    pairs) are decoded at a time; the means are weighted by pairs, so they equal validate's."""
-    import numpy as np
+    pairs) are decoded at a time; L1, PSNR, fidelity, accuracy, leak and line preservation are
+    weighted by pairs, so they equal validate's; ΔE percentiles are those of the chunks' mean."""
     import pandas as pd
 
     device = next(g.parameters()).device
     sketches = pd.unique(ds.metadata["input"])
-    sums, n, fid_hits, fid_n = {"val_l1": 0.0, "val_psnr": 0.0}, 0, 0.0, 0
+    sums: dict[str, float] = {}
+    weights: dict[str, float] = {}
     with_masks = True
     for i in range(0, len(sketches), chunk):
         rows = np.flatnonzero(ds.metadata["input"].isin(sketches[i : i + chunk]).to_numpy())
         part = PairDataset(ds.root, ds.image_size, ds.vocab, rows=rows, metadata=ds.metadata)
         masks = region_masks(part) if with_masks else None
         with_masks = masks is not None
-        r = validate(g, DeviceSet(part, device), masks, batch_size, precision)
-        sums = {k: v + r[k] * len(rows) for k, v in sums.items()}
-        n += len(rows)
-        if with_masks:
-            fid_hits, fid_n = fid_hits + r["val_fidelity"] * len(rows), fid_n + len(rows)
-    return {k: v / max(1, n) for k, v in sums.items()} | {"val_fidelity": fid_hits / fid_n if with_masks and fid_n else None}  # fmt: skip
+        r = validate(g, DeviceSet(part, device), masks, batch_size, precision, output)
+        for k, v in r.items():
+            if v is not None:
+                sums[k] = sums.get(k, 0.0) + v * len(rows)
+                weights[k] = weights.get(k, 0.0) + len(rows)
+    out = {k: sums[k] / weights[k] for k in sums}
+    return {"val_fidelity": None} | out

@@ -26,11 +26,10 @@ from safetensors.torch import save
 from colorjob import storage
 from colorjob.conditions import ConditionVocab
 from colorjob.errors import ColorjobError
-from colorjob.models import CONDITIONINGS, Generator, num_downs_for
-from colorjob.models import build_generator as build_network
+from colorjob.models import CONDITIONINGS, Generator, generator_for, num_downs_for
 
 FORMAT = "colorjob.generator"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: colour attributes, colour-layer generators
 WEIGHTS, META = "generator.safetensors", "model.json"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64"}
@@ -73,9 +72,10 @@ def export_generator(
     trained that epoch).
     """
     weights = weights_file(generator.state_dict(), dtype)
+    v2 = generator.out_channels == 4 or vocab.has_colours  # what colorjob 0.2 cannot read
     meta = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if v2 else 1,
         "model_id": model_id(weights),
         "image_size": generator.image_size,
         "in_channels": generator.in_channels,
@@ -149,8 +149,8 @@ def check_meta(meta: object, where: str) -> ConditionVocab:
             raise ModelError(f"{where}: {key} must be in [1, {high}], got {meta[key]}")
     if meta["image_size"] > 8192:
         raise ModelError(f"{where}: image_size must be at most 8192, got {meta['image_size']}")
-    if meta["out_channels"] != 3:
-        raise ModelError(f"{where}: out_channels must be 3 (RGB), got {meta['out_channels']}")
+    if meta["out_channels"] not in (3, 4):
+        raise ModelError(f"{where}: out_channels must be 3 (RGB) or 4 (a colour layer: RGB + coverage), got {meta['out_channels']}")  # fmt: skip
     if _need(meta, "dtype", str, where) not in DTYPES:
         raise ModelError(
             f"{where}: dtype must be one of {', '.join(DTYPES)}, got {meta['dtype']!r}"
@@ -172,8 +172,8 @@ def check_meta(meta: object, where: str) -> ConditionVocab:
 
 
 def _network(meta: dict) -> Generator:
-    n_conditions = ConditionVocab.from_dict(meta["conditions"]).num_channels
-    return build_network(meta.get("conditioning", "concat"), n_conditions, meta["image_size"], meta["ngf"])  # fmt: skip
+    vocab = ConditionVocab.from_dict(meta["conditions"])
+    return generator_for(vocab, meta.get("conditioning", "concat"), meta["image_size"], meta["ngf"], layers=meta.get("out_channels") == 4)  # fmt: skip
 
 
 def _expected_shapes(meta: dict) -> dict[str, tuple[int, ...]]:

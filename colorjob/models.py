@@ -148,10 +148,12 @@ class Generator(nn.Module):
         ngf: int = 64,
         dropout: float = 0.5,
         _film: int = 0,
+        planes: tuple[int, ...] = (),
     ):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.image_size, self.ngf = image_size, ngf
+        self.planes = tuple(planes)  # condition entries also given to the output block as planes
         n = num_downs_for(image_size)
         ch = [ngf * min(2**i, 8) for i in range(n)]  # 64, 128, 256, 512, 512, 512, 512, 512
         self.downs = nn.ModuleList(
@@ -162,7 +164,7 @@ class Generator(nn.Module):
         for i in reversed(range(n)):  # innermost first
             cin = ch[i] if i == n - 1 else ch[i] * 2  # skip connections double the input
             if i == 0:
-                ups.append(Up(cin, out_channels, outermost=True))
+                ups.append(Up(cin + len(self.planes), out_channels, outermost=True))
             else:
                 middle = 4 <= i <= n - 2  # pix2pix's ngf*8 -> ngf*8 blocks carry dropout
                 ups.append(
@@ -188,6 +190,8 @@ class Generator(nn.Module):
         x = skips.pop()  # the bottleneck is the decoder's input, not a skip
         for up in self.ups[:-1]:
             x = torch.cat([up(x, cond), skips.pop()], dim=1)
+        if self.planes:  # the requested colours themselves, next to the output layer
+            x = condition_planes(x, cond[:, list(self.planes)])
         return self.ups[-1](x)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
@@ -209,8 +213,11 @@ class FiLMGenerator(Generator):
         image_size: int = 256,
         ngf: int = 64,
         dropout: float = 0.5,
+        planes: tuple[int, ...] = (),
     ):
-        super().__init__(3, out_channels, image_size, ngf, dropout, _film=n_conditions)
+        super().__init__(
+            3, out_channels, image_size, ngf, dropout, _film=n_conditions, planes=planes
+        )
         self.n_conditions = n_conditions
 
 
@@ -219,16 +226,36 @@ D_CONDITIONINGS = ("concat", "projection")
 
 
 def build_generator(
-    conditioning: str, n_conditions: int, image_size: int, ngf: int, dropout: float = 0.5
+    conditioning: str,
+    n_conditions: int,
+    image_size: int,
+    ngf: int,
+    dropout: float = 0.5,
+    out_channels: int = 3,
+    planes: tuple[int, ...] = (),
 ) -> Generator:
-    """The seed's generator (``concat``: condition planes at the input) or the FiLM one."""
+    """The seed's generator (``concat``: condition planes at the input) or the FiLM one.
+
+    ``out_channels``: 3 (RGB, the seed's) or 4 (a colour layer: RGB and its coverage, see
+    :mod:`colorjob.composite`). ``planes``: entries of the condition vector (a colour's R, G, B)
+    also given to the output block as constant planes (colour conditions, FiLM)."""
+    if out_channels not in (3, 4):
+        raise ValueError(f"out_channels must be 3 (RGB) or 4 (RGB + coverage), got {out_channels}")
     if conditioning == "concat":
-        return Generator(3 + n_conditions, 3, image_size, ngf, dropout)
+        return Generator(3 + n_conditions, out_channels, image_size, ngf, dropout)
     if conditioning == "film":
-        return FiLMGenerator(n_conditions, 3, image_size, ngf, dropout)
+        return FiLMGenerator(n_conditions, out_channels, image_size, ngf, dropout, planes=planes)
     raise ValueError(
         f"conditioning must be one of {', '.join(CONDITIONINGS)}, got {conditioning!r}"
     )
+
+
+def generator_for(vocab, conditioning: str, image_size: int, ngf: int, dropout: float = 0.5, layers: bool = False) -> Generator:  # fmt: skip
+    """The generator for a condition vocabulary: its vector size, and (FiLM with colour
+    attributes) the requested colours as planes next to the output block; ``layers``: a colour
+    layer head (RGB + coverage). The one rule every builder follows (training, export, load)."""
+    planes = tuple(vocab.rgb_slots()) if conditioning == "film" else ()
+    return build_generator(conditioning, vocab.num_channels, image_size, ngf, dropout, 4 if layers else 3, planes)  # fmt: skip
 
 
 class Discriminator(nn.Module):

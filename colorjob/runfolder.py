@@ -122,12 +122,20 @@ def remove_stale_temporaries(out: Path) -> None:
 
 
 # ---- the files a run shows ----------------------------------------------------------------------
+def metric_columns(history: list[dict]) -> list[str]:
+    """:data:`METRIC_COLUMNS`, then the per-attribute and colouring metrics the rows have
+    (``val_acc_hair``, ``val_leak``, ``holdout_de_shirt_p95`` ...), in the order they came."""
+    extra = dict.fromkeys(k for h in history for k in h if k not in METRIC_COLUMNS)
+    return METRIC_COLUMNS[:-3] + list(extra) + METRIC_COLUMNS[-3:]
+
+
 def write_metrics(history: list[dict], path: Path) -> None:
+    columns = metric_columns(history)
     with storage.replacing(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+        w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         for h in history:
-            w.writerow({k: ("" if h.get(k) is None else h[k]) for k in METRIC_COLUMNS})
+            w.writerow({k: ("" if h.get(k) is None else h[k]) for k in columns})
 
 
 def plot_loss(history: list[dict], path: Path) -> None:
@@ -152,16 +160,16 @@ def export_best(
     """Write ``best/`` for the best epoch: its generator, its metrics ``row``, the config and the
     schedule of every epoch up to it, and its sample grid (``samples``: PNG bytes)."""
     from colorjob.export import export_generator
-    from colorjob.models import build_generator
+    from colorjob.models import generator_for
 
     with tempfile.TemporaryDirectory() as tmp:
         png = None
         if samples is not None:
             png = Path(tmp) / "samples.png"
             png.write_bytes(samples)
-        g = build_generator(
-            config.get("conditioning", "concat"), vocab.num_channels, config["image_size"],
-            config["ngf"], config.get("dropout", 0.5),
+        g = generator_for(
+            vocab, config.get("conditioning", "concat"), config["image_size"], config["ngf"],
+            config.get("dropout", 0.5), layers=config.get("layers", False),
         )  # fmt: skip
         g.load_state_dict(generator_state)
         return export_generator(

@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from colorjob.conditions import Attribute, ConditionVocab
+from colorjob.conditions import Attribute, ConditionVocab, to_hex
 from colorjob.errors import ColorjobError
 from colorjob.imaging import dilate
 from colorjob.models import num_downs_for
@@ -129,6 +129,9 @@ class _Canvas:
     def __init__(self, size: int, pen: float):
         self.n = size * SUPERSAMPLE
         self.lab = np.zeros((self.n, self.n), np.uint8)
+        self.no_ink = np.zeros(
+            (self.n, self.n), bool
+        )  # where region edges are not inked (open cuts)
         self.strokes: list[tuple[np.ndarray, tuple[int, ...] | None]] = []
         self.pen = pen  # line width in supersampled pixels
 
@@ -195,13 +198,45 @@ class _Canvas:
             only,
         )
 
-    def ink(self) -> np.ndarray:
+    def place(self, scale: float, ox: float, oy: float) -> None:
+        """Shrink the figure drawn so far to ``scale`` of the canvas, its top-left corner at
+        ``(ox, oy)`` (fractions of the side); the rest of the canvas is background."""
+        n = self.n
+        m = max(8, int(round(n * scale)))
+        x0, y0 = int(round(ox * n)), int(round(oy * n))
+
+        def moved(a: np.ndarray) -> np.ndarray:
+            small = np.asarray(Image.fromarray(a).resize((m, m), Image.Resampling.NEAREST))
+            out = np.zeros_like(a)
+            ys, xs = slice(max(0, y0), min(n, y0 + m)), slice(max(0, x0), min(n, x0 + m))
+            out[ys, xs] = small[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
+            return out
+
+        self.lab = moved(self.lab)
+        self.no_ink = moved(self.no_ink.astype(np.uint8) * 255) > 0
+        self.strokes = [(moved(st.astype(np.uint8) * 255) > 0, only) for st, only in self.strokes]
+
+    def cut(self, y: float, open_: bool) -> None:
+        """Everything below ``y`` (a fraction of the side) is background: the figure ends there.
+        ``open_``: the cut itself is not inked (an open outline)."""
+        row = int(round(y * self.n))
+        self.lab[row:] = L.BG
+        for st, _ in self.strokes:
+            st[row:] = False
+        if open_:
+            w = max(2, int(round(self.pen * 1.5)))
+            self.no_ink[max(0, row - w) : row + w] = True
+
+    def ink(self, rng: np.random.Generator | None = None) -> np.ndarray:
         """Final label map: edges between labels and strokes become LINE.
 
         Pattern outlines (stripes, dots) are drawn with half the pen, like the finer lines an
-        artist uses for detail, so a patterned shirt still reads as its colour.
+        artist uses for detail, so a patterned shirt still reads as its colour. ``rng`` (sketchy
+        families): lines by hand, of varying width with gaps, slightly off the region edges.
         """
         lab = self.lab
+        if rng is not None:
+            return self._sketchy_ink(rng)
         edge = np.zeros_like(lab, dtype=bool)
         fine = np.zeros_like(lab, dtype=bool)
         for a, b, e in (
@@ -221,15 +256,47 @@ class _Canvas:
         edge |= dilate(fine, max(1, int(round(self.pen / 2))))
         for m, only in self.strokes:
             edge |= m if only is None else (m & np.isin(lab, only))
+        edge &= ~self.no_ink
         out = lab.copy()
         out[edge] = L.LINE
+        return out
+
+    def _edges(self, lab: np.ndarray) -> np.ndarray:
+        edge = np.zeros_like(lab, dtype=bool)
+        edge[:-1, :] |= lab[:-1, :] != lab[1:, :]
+        edge[:, :-1] |= lab[:, :-1] != lab[:, 1:]
+        return edge
+
+    def _sketchy_ink(self, rng: np.random.Generator) -> np.ndarray:
+        """Lines of another construction: the region edges of a slightly displaced copy of the
+        map (so lines wander off the colour boundaries), drawn with a width that varies along
+        them and broken by gaps."""
+        n, lab = self.n, self.lab
+        yy, xx = np.mgrid[0:n, 0:n]
+        k = 4  # a smooth displacement field of a few pixels
+        field = [np.asarray(Image.fromarray(rng.uniform(-1, 1, (k, k)).astype(np.float32), "F").resize((n, n), Image.Resampling.BICUBIC)) for _ in range(2)]  # fmt: skip
+        amp = self.pen * 1.2
+        sy = np.clip((yy + field[0] * amp).round().astype(int), 0, n - 1)
+        sx = np.clip((xx + field[1] * amp).round().astype(int), 0, n - 1)
+        edge = self._edges(lab[sy, sx])
+        gaps = np.asarray(Image.fromarray(rng.uniform(0, 1, (24, 24)).astype(np.float32), "F").resize((n, n), Image.Resampling.BICUBIC))  # fmt: skip
+        edge &= gaps > 0.18  # about one stretch in eight left undrawn
+        width = np.asarray(Image.fromarray(rng.uniform(0, 1, (12, 12)).astype(np.float32), "F").resize((n, n), Image.Resampling.BICUBIC))  # fmt: skip
+        thin, thick = dilate(edge, max(1, int(round(self.pen * 0.6)))), dilate(edge, max(1, int(round(self.pen * 1.5))))  # fmt: skip
+        line = np.where(width > 0.5, thick, thin)
+        for m, only in self.strokes:
+            line |= m if only is None else (m & np.isin(lab, only))
+        line &= ~self.no_ink
+        out = lab.copy()
+        out[line] = L.LINE
         return out
 
 
 # ---- drawing families ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class Family:
-    """How a character is drawn, not what it shows: proportions, line weight, amount of detail.
+    """How a character is drawn, not what it shows: proportions, line weight, amount of detail,
+    and how the figure sits on the canvas.
 
     A model trained on some families and validated on another measures how well it colours a
     drawing style it has never seen (users' sketches are not drawn by this module).
@@ -240,15 +307,66 @@ class Family:
     pen: float = 1.0  # line width
     patterns: bool = True  # False: plain shirts only
     face: str = "normal"  # "simple": dot eyes, no brows or nose; "busy": glasses, freckles, strands
+    round_head: bool = False  # a round head (icon proportions) rather than an oval one
+    # How the figure sits on the canvas (classic: the figure fills it, the body runs off the
+    # bottom edge, the background is tinted in the colourings). Otherwise the figure is scaled
+    # and placed, cut as one of ``crops`` (the cut's outline left open with ``open_cut``), on
+    # paper that the colourings leave as it is (plain or lightly textured), with a background mask.
+    placed: bool = False
+    scale: tuple[float, float] = (1.0, 1.0)  # the figure's size on the canvas
+    crops: tuple[str, ...] = ("shoulders",)  # "head", "shoulders", "half", "edge" (runs off)
+    open_cut: float = 0.5  # probability that the cut across the body is not inked
+    textured: float = 0.4  # probability of a lightly textured paper
+    sketchy: bool = False  # lines drawn by hand: wobbly, of varying width, with gaps
 
 
 FAMILIES = {
     "classic": Family(),
-    "chibi": Family(head=1.3, shoulders=0.75),
-    "bold": Family(pen=1.9),
-    "fine": Family(pen=0.55),
-    "minimal": Family(patterns=False, face="simple"),
-    "busy": Family(face="busy"),
+    "chibi": Family(
+        head=1.3, shoulders=0.75, placed=True, scale=(0.7, 1.0), crops=("shoulders", "half", "edge")
+    ),  # fmt: skip
+    "bold": Family(
+        pen=1.9, placed=True, scale=(0.65, 1.0), crops=("shoulders", "half", "edge")
+    ),  # fmt: skip
+    "fine": Family(
+        pen=0.55, placed=True, scale=(0.65, 1.0), crops=("head", "shoulders", "edge")
+    ),  # fmt: skip
+    "minimal": Family(
+        patterns=False, face="simple", placed=True, scale=(0.6, 1.0), crops=("shoulders", "half")
+    ),  # fmt: skip
+    "busy": Family(face="busy", placed=True, scale=(0.7, 1.0), crops=("shoulders", "edge")),
+    # an icon set: thick uniform strokes, round heads, head and shoulders ending above the edge
+    "icon": Family(
+        pen=2.6,
+        head=1.15,
+        shoulders=0.9,
+        patterns=False,
+        face="simple",
+        round_head=True,
+        placed=True,
+        scale=(0.55, 0.95),
+        crops=("shoulders", "head", "shoulders"),
+        open_cut=0.6,
+    ),  # fmt: skip
+    "sticker": Family(
+        pen=1.5,
+        head=1.1,
+        round_head=True,
+        placed=True,
+        scale=(0.5, 0.85),
+        crops=("half", "shoulders", "head"),
+        textured=0.7,
+    ),  # fmt: skip
+    # held out by the default model: lines of another construction (by hand: wobbly, of varying
+    # width, broken), so no training family shares how its outlines are made
+    "doodle": Family(
+        pen=1.2,
+        patterns=False,
+        placed=True,
+        scale=(0.6, 0.95),
+        crops=("shoulders", "half", "edge"),
+        sketchy=True,
+    ),  # fmt: skip
 }
 
 
@@ -298,6 +416,8 @@ def draw_character(
         t["glasses"] = fam.face == "busy"
     cx, rx = 0.5 + u(-0.03, 0.03), u(0.15, 0.185) * fam.head
     ry, cy = rx * u(1.08, 1.25), u(0.36, 0.4)
+    if fam.round_head:  # the same draw, nearly a circle
+        ry = rx * (1 + (ry / rx - 1) * 0.25)
     f = Figure(
         cx, cy, rx, ry, chin=cy + ry, shoulder_y=min(0.8, cy + ry + u(0.09, 0.14)), family=fam
     )
@@ -311,7 +431,33 @@ def draw_character(
     _hair_details(c, f, t["hair_style"], rng)
     _eyes(c, f, t, rng)
     _nose_and_mouth(c, f, t, rng)
-    return c.ink(), t
+    if fam.placed:  # after every draw of the figure itself: classic's stream is unchanged
+        _place(c, f, t, rng, fam)
+    return c.ink(rng if fam.sketchy else None), t
+
+
+def _place(c: _Canvas, f: Figure, t: dict, rng: np.random.Generator, fam: Family) -> None:
+    """Cut the figure as one of the family's crops, scale it and put it somewhere on the
+    canvas; the cut is inked (closed) or not (open). ``t`` records what was done."""
+    u = rng.uniform
+    crop = fam.crops[int(rng.integers(len(fam.crops)))]
+    cut = {
+        "head": f.chin + 0.02 + u(0, 0.03),
+        "shoulders": f.shoulder_y + u(0.08, 0.2),
+        "half": min(1.0, f.shoulder_y + u(0.25, 0.4)),
+        "edge": 1.0,
+    }[crop]
+    open_ = bool(u() < fam.open_cut)
+    scale = u(*fam.scale)
+    top = min(f.top, f.cy - f.ry * 1.2)  # the figure's top (hair, bun)
+    height = (cut - top) * scale
+    ox = u(0, 1 - scale) if scale < 1 else 0.0
+    # an "edge" crop sits on the bottom edge (the body runs off it); the others anywhere
+    oy = 1.0 - scale if crop == "edge" else u(0.02, max(0.03, 1 - height - 0.02)) - top * scale
+    if cut < 1.0:
+        c.cut(cut, open_)
+    c.place(scale, ox, oy)
+    t.update(crop=crop, open_cut=open_ and cut < 1.0, scale=round(scale, 3), texture=bool(u() < fam.textured))  # fmt: skip
 
 
 def _back_hair(c: _Canvas, f: Figure, style: str, rng: np.random.Generator) -> None:
@@ -596,9 +742,9 @@ def coverage(labels: np.ndarray, size: int) -> np.ndarray:
     return counts / (s * s)
 
 
-def color_table(hair, shirt, pattern_tint: float = 0.5) -> np.ndarray:
+def color_table(hair, shirt, pattern_tint: float = 0.5, background=BACKGROUND) -> np.ndarray:
     table = np.zeros((N_LABELS, 3), np.float64)
-    table[L.BG], table[L.FACE], table[L.SKIN2] = BACKGROUND, SKIN, SKIN
+    table[L.BG], table[L.FACE], table[L.SKIN2] = background, SKIN, SKIN
     table[L.HAIR] = table[L.HAIR2] = hair
     table[L.SHIRT] = table[L.SHIRT2] = shirt
     table[L.PATTERN] = _mix(shirt, PAPER, pattern_tint)
@@ -606,8 +752,11 @@ def color_table(hair, shirt, pattern_tint: float = 0.5) -> np.ndarray:
     return table
 
 
-def render(cov: np.ndarray, table: np.ndarray) -> Image.Image:
+def render(cov: np.ndarray, table: np.ndarray, texture: np.ndarray | None = None) -> Image.Image:
+    """Coverage times colours; ``texture`` (``(H, W)``, added to the paper where it shows)."""
     rgb = np.einsum("khw,kc->hwc", cov, table)
+    if texture is not None:
+        rgb += (cov[L.BG] * texture)[..., None]
     return Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), "RGB")
 
 
@@ -617,6 +766,15 @@ def sketch_table() -> np.ndarray:
     return table
 
 
+def paper_texture(size: int, rng: np.random.Generator) -> np.ndarray:
+    """A light paper grain (a few levels darker in places), the same for a character's sketch
+    and its colourings."""
+    k = max(4, size // 16)
+    grain = np.asarray(Image.fromarray(rng.uniform(0, 1, (k, k)).astype(np.float32), "F").resize((size, size), Image.Resampling.BICUBIC))  # fmt: skip
+    speck = rng.uniform(0, 1, (size, size)) < 0.004
+    return -(np.clip(grain, 0, 1) * rng.uniform(4, 12)) - speck * rng.uniform(20, 40)
+
+
 def family_of(seed: int, index: int, families: tuple[str, ...]) -> str:
     """Character ``index``'s family: its own random stream, so its drawing stays the same."""
     if len(families) == 1:
@@ -624,43 +782,87 @@ def family_of(seed: int, index: int, families: tuple[str, ...]) -> str:
     return families[int(np.random.default_rng([seed, index, 7]).integers(len(families)))]
 
 
-def _make_one(args: tuple[Path, int, int, int, tuple[str, ...]]) -> list[dict]:
-    out, seed, index, size, families = args
+COLOURS = ("named", "random", "mixed")
+
+
+def colourings(seed: int, index: int, colours: str, n: int) -> list[tuple[str, tuple, str, tuple]]:
+    """Character ``index``'s colourings: ``(hair value, hair rgb, shirt value, shirt rgb)``.
+
+    ``named``: the 25 palette combinations. ``random``: ``n`` colourings whose colours are drawn
+    uniformly over the sRGB gamut (written ``#rrggbb``). ``mixed``: ``n``, each a palette pair or
+    a random one with even odds. Their own random stream: the drawing does not change with them.
+    """
+    named = [(h, hr, sh, sr) for h, hr in HAIR_COLORS.items() for sh, sr in SHIRT_COLORS.items()]
+    if colours == "named":
+        return named
+    rng = np.random.default_rng([seed, index, 11])
+    out = []
+    for _ in range(n):
+        if colours == "mixed" and rng.uniform() < 0.5:
+            out.append(named[int(rng.integers(len(named)))])
+            continue
+        hair, shirt = (tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(2))
+        out.append((to_hex(hair), hair, to_hex(shirt), shirt))
+    return out
+
+
+def _make_one(args: tuple) -> list[dict]:
+    out, seed, index, size, families, colours, n_colourings = args
     rng = np.random.default_rng([seed, index])
-    labels, traits = draw_character(size, rng, family_of(seed, index, families))
+    family = family_of(seed, index, families)
+    fam = FAMILIES[family]
+    labels, traits = draw_character(size, rng, family)
     cov = coverage(labels, size)
     stem = f"char_{index:04d}"
-    render(cov, sketch_table()).save(out / "sketches" / f"{stem}.png", optimize=False)
-    for attr, labs in (("hair", HAIR_LABELS), ("shirt", SHIRT_LABELS)):
+    texture = None
+    if fam.placed and traits.get("texture"):
+        texture = paper_texture(size, np.random.default_rng([seed, index, 13]))
+    render(cov, sketch_table(), texture).save(out / "sketches" / f"{stem}.png", optimize=False)
+    regions = [("hair", HAIR_LABELS), ("shirt", SHIRT_LABELS)]
+    if fam.placed:  # where the paper shows (classic colourings tint it: no background mask)
+        regions.append(("background", (L.BG,)))
+    for attr, labs in regions:
         mask = cov[list(labs)].sum(axis=0) >= 0.75  # mostly this region, little line
         Image.fromarray(mask).save(out / "masks" / f"{stem}_{attr}.png")
+    background = PAPER if fam.placed else BACKGROUND
     rows = []
-    for hname, hrgb in HAIR_COLORS.items():
-        for sname, srgb in SHIRT_COLORS.items():
-            name = f"colored/{stem}_{hname}_{sname}.png"
-            render(cov, color_table(hrgb, srgb, traits["pattern_tint"])).save(out / name)
-            rows.append(
-                {"input": f"sketches/{stem}.png", "output": name, "hair": hname, "shirt": sname}
-            )
+    for k, (hname, hrgb, sname, srgb) in enumerate(colourings(seed, index, colours, n_colourings)):
+        name = f"colored/{stem}_{hname}_{sname}.png" if colours == "named" else f"colored/{stem}_c{k:03d}.png"  # fmt: skip
+        render(cov, color_table(hrgb, srgb, traits["pattern_tint"], background), texture).save(out / name)  # fmt: skip
+        rows.append(
+            {"input": f"sketches/{stem}.png", "output": name, "hair": hname, "shirt": sname}
+        )
     return rows
 
 
 def contact_sheet(
     root: Path, rows: pd.DataFrame, max_sketches: int = 8, thumb: int = 128
 ) -> Image.Image:
-    """Sketches down the side; the sketch, then a diagonal of colourings, then the two masks."""
+    """Sketches down the side; the sketch, then five of its colourings, then its masks."""
     stems = list(dict.fromkeys(rows["input"]))[:max_sketches]
-    picks = [(h, s) for h, s in zip(HAIR_COLORS, SHIRT_COLORS, strict=True)]
-    cols = 1 + len(picks) + 2
+    cols = 1 + 5 + 3
     sheet = Image.new("RGB", (cols * thumb, len(stems) * thumb), "white")
     for r, sk in enumerate(stems):
         stem = Path(sk).stem
-        tiles = [root / sk] + [root / f"colored/{stem}_{h}_{s}.png" for h, s in picks]
-        tiles += [root / f"masks/{stem}_{a}.png" for a in ("hair", "shirt")]
+        outs = list(rows.loc[rows["input"] == sk, "output"])
+        picks = outs[:: max(1, len(outs) // 5)][:5]
+        tiles = [root / sk] + [root / o for o in picks]
+        tiles += [p for p in (root / f"masks/{stem}_{a}.png" for a in ("hair", "shirt", "background")) if p.is_file()]  # fmt: skip
         for col, p in enumerate(tiles):
             im = Image.open(p).convert("RGB").resize((thumb, thumb), Image.Resampling.LANCZOS)
             sheet.paste(im, (col * thumb, r * thumb))
     return sheet
+
+
+def vocabulary_for(colours: str) -> ConditionVocab:
+    """``named``: the categorical 5 x 5 palette (the seed's); otherwise hair and shirt are colour
+    attributes whose named colours are that palette."""
+    v = vocabulary()
+    if colours == "named":
+        return v
+    return ConditionVocab(
+        [Attribute(a.name, a.values, a.colors, kind="colour") for a in v.attributes]
+    )
 
 
 def generate(
@@ -670,17 +872,26 @@ def generate(
     size: int = 256,
     workers: int = 0,
     families: tuple[str, ...] = ("classic",),
+    colours: str = "named",
+    colourings_per_sketch: int = 25,
 ) -> Path:
-    """Write a synthetic dataset of ``sketches`` characters x 25 colourings to ``out``.
+    """Write a synthetic dataset of ``sketches`` characters to ``out``.
 
     ``families``: the drawing families (:data:`FAMILIES`) characters are drawn in, one chosen
     per character; with more than the classic one, ``families.csv`` says which (input, family).
+    ``colours``: ``named`` (the 25 hair x shirt palette pairs, the seed's), ``random`` or
+    ``mixed`` (``colourings_per_sketch`` colourings in any colour, see :func:`colourings`; the
+    attributes are then colour attributes in ``conditions.json``).
     """
     if sketches < 1:
         raise SynthError(f"--sketches must be at least 1, got {sketches}")
     unknown = [f for f in families if f not in FAMILIES]
     if unknown or not families:
         raise SynthError(f"unknown drawing family {', '.join(unknown) or '(none given)'}; known: {', '.join(FAMILIES)}")  # fmt: skip
+    if colours not in COLOURS:
+        raise SynthError(f"--colours must be one of {', '.join(COLOURS)}, got {colours!r}")
+    if colourings_per_sketch < 1:
+        raise SynthError(f"--colourings must be at least 1, got {colourings_per_sketch}")
     families = tuple(families)
     try:
         num_downs_for(size)  # the networks' rule: a power of two >= 32
@@ -689,7 +900,7 @@ def generate(
     out = Path(out)
     for sub in ("sketches", "colored", "masks"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    jobs = [(out, seed, i, size, families) for i in range(sketches)]
+    jobs = [(out, seed, i, size, families, colours, colourings_per_sketch) for i in range(sketches)]
     workers = workers or min(8, sketches, len(os.sched_getaffinity(0)))
     if workers > 1 and sketches > 2:
         with ProcessPoolExecutor(workers) as pool:
@@ -705,7 +916,7 @@ def generate(
             [(f"sketches/char_{i:04d}.png", family_of(seed, i, families)) for i in range(sketches)],
             columns=["input", "family"],
         ).to_csv(out / "families.csv", index=False)
-    vocabulary().save(out / "conditions.json")
+    vocabulary_for(colours).save(out / "conditions.json")
     contact_sheet(out, rows).save(out / "contact_sheet.png")
     return out
 

@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 from colorjob import checkpoint, runfolder, storage
 from colorjob import config as cfgmod
 from colorjob.checkpoint import load as load_checkpoint
+from colorjob.composite import composite, layer_targets
 from colorjob.conditions import ConditionVocab
 from colorjob.data import (
     DatasetError,
@@ -65,7 +66,7 @@ from colorjob.export import ModelError, export_generator
 from colorjob.models import (
     GANLoss,
     build_discriminator,
-    build_generator,
+    generator_for,
     num_downs_for,
     set_requires_grad,
 )
@@ -100,6 +101,10 @@ class TrainConfig:
     dropout: float = 0.5  # in the generator's middle decoder blocks
     conditioning: Literal["concat", "film"] = (
         "concat"  # planes at G's input (seed), or FiLM-modulated decoder
+    )
+    layers: bool = False  # G paints a colour layer (RGB + coverage) under the sketch's lines
+    output: Literal["composite", "raw"] = (
+        "composite"  # what validation and samples measure: the sketch's lines over G's colours
     )
     d_conditioning: Literal["concat", "projection"] = (
         "concat"  # planes at D's input (seed), or projection
@@ -172,6 +177,8 @@ class TrainConfig:
         r("loader_workers", self.loader_workers, 0, 64)
         r("stream_window", self.stream_window, 1)
         r("lr_decay_start", self.lr_decay_start, 0, self.epochs, high_open=True)
+        if self.layers and self.output == "raw":
+            raise cfgmod.ConfigError("output=raw: a colour-layer generator (layers: true) has no raw picture; use output=composite")  # fmt: skip
 
 
 class NonFiniteLossError(RuntimeError):
@@ -192,13 +199,13 @@ def lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
 
 
 # ---- networks and one optimisation step ----------------------------------------------------------
-def build_networks(cfg: TrainConfig, n_conditions: int, cuda: bool, init: tuple | None = None):
-    """Generator, discriminator and their Adam optimisers for ``n_conditions`` condition values.
+def build_networks(cfg: TrainConfig, vocab: ConditionVocab, cuda: bool, init: tuple | None = None):
+    """Generator, discriminator and their Adam optimisers for a condition vocabulary.
 
     ``init``: ``(generator state, discriminator state or None)`` to start from (``--init-from``).
     """
-    G = build_generator(cfg.conditioning, n_conditions, cfg.image_size, cfg.ngf, cfg.dropout)
-    D = build_discriminator(cfg.d_conditioning, n_conditions, cfg.ndf, cfg.d_layers)
+    G = generator_for(vocab, cfg.conditioning, cfg.image_size, cfg.ngf, cfg.dropout, cfg.layers)
+    D = build_discriminator(cfg.d_conditioning, vocab.num_channels, cfg.ndf, cfg.d_layers)
     if init is not None:
         G.load_state_dict(init[0])
         if init[1] is not None:
@@ -219,9 +226,22 @@ def make_step(accelerator: Accelerator, G, D, opt_g, opt_d, cfg: TrainConfig):
     d_raw = accelerator.unwrap_model(D)
     gan = GANLoss(cfg.gan_mode).to(accelerator.device)
 
+    def painted(sketch: torch.Tensor, target: torch.Tensor, cond: torch.Tensor):
+        """G's picture (the composite, for a colour-layer G) and the layer's own L1 terms."""
+        y = G(sketch, cond)
+        if not cfg.layers:
+            return y, 0.0
+        s255, t255 = (sketch.float() + 1) * 127.5, (target.float() + 1) * 127.5
+        colour, coverage = (y[:, :3].float() + 1) * 127.5, (y[:, 3:4].float() + 1) / 2
+        fake = composite(colour, coverage, s255) / 127.5 - 1  # what a user gets
+        with torch.no_grad():  # the colours under the lines, and where paint goes
+            flat, cov_t = layer_targets(s255, t255)
+        under = F.l1_loss(y[:, :3].float() * cov_t, (flat / 127.5 - 1) * cov_t)
+        return fake, under + F.l1_loss(coverage, cov_t)
+
     def step(sketch: torch.Tensor, target: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         with accelerator.autocast():
-            fake = G(sketch, cond)
+            fake, layer_l1 = painted(sketch, target, cond)
             # D: real -> 1, fake -> 0; two passes as pix2pix (own BatchNorm statistics each),
             # gradients accumulated locally and synchronised once.
             set_requires_grad(d_raw, True)
@@ -236,7 +256,7 @@ def make_step(accelerator: Accelerator, G, D, opt_g, opt_d, cfg: TrainConfig):
             set_requires_grad(d_raw, False)
             opt_g.zero_grad(set_to_none=True)
             g_adv = gan(d_raw(torch.cat([fake, sketch], 1), cond), True)
-            g_l1 = F.l1_loss(fake.float(), target)
+            g_l1 = F.l1_loss(fake.float(), target) + layer_l1
             g_total = cfg.lambda_adv * g_adv + cfg.lambda_l1 * g_l1
             accelerator.backward(g_total)
             opt_g.step()
@@ -328,7 +348,7 @@ def initial_weights(source: str, cfg: TrainConfig, vocab: ConditionVocab) -> tup
         from colorjob.export import generator_from_weights, read_model
 
         meta, weights = read_model(source)
-        theirs, arch = ConditionVocab.from_dict(meta["conditions"]), {k: meta.get(k) for k in ("image_size", "ngf", "conditioning")}  # fmt: skip
+        theirs, arch = ConditionVocab.from_dict(meta["conditions"]), {k: meta.get(k) for k in ("image_size", "ngf", "conditioning")} | {"layers": meta.get("out_channels") == 4}  # fmt: skip
         g_state, d_state = generator_from_weights(meta, weights)[0].state_dict(), None
     else:
         if not src.exists():
@@ -341,8 +361,11 @@ def initial_weights(source: str, cfg: TrainConfig, vocab: ConditionVocab) -> tup
             f"--init-from {source}: it was trained on other conditions than {cfg.data} has: "
             + "; ".join(theirs.differences(vocab))
         )
-    keys = ("image_size", "ngf", "conditioning") + (("ndf", "d_layers", "d_conditioning") if d_state is not None else ())  # fmt: skip
-    diff = [f"{k} {arch.get(k, 'concat' if 'conditioning' in k else None)!r} vs {getattr(cfg, k)!r}" for k in keys if arch.get(k, "concat" if "conditioning" in k else None) != getattr(cfg, k)]  # fmt: skip
+    keys = ("image_size", "ngf", "conditioning", "layers") + (("ndf", "d_layers", "d_conditioning") if d_state is not None else ())  # fmt: skip
+    old = {"conditioning": "concat", "d_conditioning": "concat", "layers": False} | arch
+    diff = [
+        f"{k} {old.get(k)!r} vs {getattr(cfg, k)!r}" for k in keys if old.get(k) != getattr(cfg, k)
+    ]
     if diff:
         raise ModelError(
             f"--init-from {source}: its networks differ from this run's ({'; '.join(diff)})"
@@ -443,7 +466,7 @@ def setup(cfg: TrainConfig, accelerator: Accelerator, checked: Checked) -> Train
     train_ds, val_ds, holdout_ds = inputs.train_ds, inputs.val_ds, inputs.holdout_ds
     vocab = train_ds.vocab
     cuda = accelerator.device.type == "cuda"
-    G, D, opt_g, opt_d = build_networks(cfg, vocab.num_channels, cuda, inputs.init)
+    G, D, opt_g, opt_d = build_networks(cfg, vocab, cuda, inputs.init)
     stream = streams(cfg, train_ds, val_ds)
     G, D, opt_g, opt_d = accelerator.prepare(G, D, opt_g, opt_d)
     train_set, loader, sampler, per_epoch = training_source(cfg, train_ds, accelerator, stream)
@@ -532,7 +555,7 @@ def train_epoch(run: TrainState, epoch: int) -> tuple[list[float], float]:
             sketch, target, conds, rows = (
                 t.to(run.accelerator.device, non_blocking=True) for t in item
             )
-            batch = (*training_batch(sketch, target, cfg.flip, channels_last, cfg.augment), run.vocab.multi_hot(conds))  # fmt: skip
+            batch = (*training_batch(sketch, target, cfg.flip, channels_last, cfg.augment), run.vocab.vectors(conds).to(sketch.device))  # fmt: skip
             seen.append(rows)
         losses.append(run.step(*batch))
         if len(losses) - checked >= 25:
@@ -550,8 +573,10 @@ def train_epoch(run: TrainState, epoch: int) -> tuple[list[float], float]:
 
 def evaluate_split(run: TrainState, held: DeviceSet | None, ds: PairDataset, masks) -> dict:
     """Validation metrics of a split: from the device, or streamed a chunk at a time."""
-    g, bs = run.nets["generator"], run.cfg.eval_batch_size
-    return validate(g, held, masks, bs) if held is not None else validate_streamed(g, ds, bs)
+    g, bs, out = run.nets["generator"], run.cfg.eval_batch_size, run.cfg.output
+    if held is not None:
+        return validate(g, held, masks, bs, output=out)
+    return validate_streamed(g, ds, bs, output=out)
 
 
 def due(every: int, epoch: int, last: int) -> bool:
@@ -575,7 +600,7 @@ def end_epoch(run: TrainState, epoch: int, row: dict, t0: float) -> Path | None:
     if run.is_main:
         sample_png = None
         if drawn or is_best:
-            sample_png = save_samples(g, run.grid, run.vocab, out / "samples" / f"epoch_{epoch:03d}.png", cfg.eval_batch_size)  # fmt: skip
+            sample_png = save_samples(g, run.grid, run.vocab, out / "samples" / f"epoch_{epoch:03d}.png", cfg.eval_batch_size, output=cfg.output)  # fmt: skip
         if is_best:
             run.best_state = checkpoint.snapshot(g.state_dict())
             run.best_samples = Path(sample_png).read_bytes()
@@ -670,7 +695,9 @@ def run_epoch(run: TrainState, epoch: int, report) -> None:
         val = evaluate_split(run, run.val_set, run.val_ds, run.val_masks)
         if run.holdout_ds is not None:
             held = evaluate_split(run, run.holdout_set, run.holdout_ds, run.holdout_masks)
-            val |= {"holdout_l1": held["val_l1"], "holdout_fidelity": held["val_fidelity"]}
+            val |= {
+                "holdout_" + k.removeprefix("val_"): v for k, v in held.items() if k != "val_psnr"
+            }
     opt_g, opt_d = run.nets["opt_g"], run.nets["opt_d"]
     row = {
         "epoch": epoch, **dict(zip(("g_adv", "g_l1", "d_real", "d_fake"), losses[:4], strict=True)),

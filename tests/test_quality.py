@@ -72,15 +72,17 @@ def test_shared_encoder_inference_equals_a_forward_per_pair():
     conds = torch.tensor([[h, s] for h in range(5) for s in range(5)] * 3)
     index = torch.arange(3).repeat_interleave(25)
     with torch.no_grad():
-        each = to_uint8(g(to_unit(sketches[index]), vocab.multi_hot(conds)))
+        each = to_uint8(g(to_unit(sketches[index]), vocab.vectors(conds)))
     shuffled = torch.randperm(75)  # pairs of a sketch need not follow each other
     for batch in (1, 7, 25, 80):
         for order in (torch.arange(75), shuffled):
-            shared = colorize(g, sketches, conds[order], vocab, index[order], batch)
-            per_pair = colorize(g, sketches, conds[order], vocab, index[order], batch, share_encoder=False)  # fmt: skip
+            shared = colorize(g, sketches, conds[order], vocab, index[order], batch, output="raw")
+            per_pair = colorize(g, sketches, conds[order], vocab, index[order], batch, share_encoder=False, output="raw")  # fmt: skip
             assert torch.equal(shared, per_pair), batch  # bit for bit
     # and both are the generator's own forward (a wrong sketch or condition differs everywhere)
-    assert (colorize(g, sketches, conds, vocab, index, 75).int() - each.int()).abs().max() <= 1
+    assert (
+        colorize(g, sketches, conds, vocab, index, 75, output="raw").int() - each.int()
+    ).abs().max() <= 1
 
 
 @pytest.fixture(scope="module")

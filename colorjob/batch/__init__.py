@@ -103,7 +103,8 @@ def spec_for(cfg: BatchConfig, plan: Plan, run_id: str, work_root: str) -> Spec:
         model_id=plan.meta["model_id"], conditions=tuple(tuple(i) for i in grid["index"]),
         values=tuple(grid["values"]), variants=tuple(grid["variant"]), attrs=tuple(vocab.names),
         attr_values=tuple(tuple(str(r[a]) for a in vocab.names) for r in grid.to_dict("records")),
-        layout=cfg.layout, overwrite=cfg.overwrite,
+        layout=cfg.layout, output=plan.output, overwrite=cfg.overwrite,
+        estimated_layer=plan.meta.get("out_channels", 3) != 4,
     )  # fmt: skip
 
 

@@ -32,6 +32,10 @@ class BatchConfig:
     threads_per_worker: int = 1  # torch threads of a fused CPU task (the CPUs it holds)
     contact_sheet: bool = True
     layout: Literal["mirror", "shards"] = "mirror"  # files beside each other, or a tar per shard
+    # composite: the sketch's own lines over the colours (auto: unless the model says raw);
+    # layers: the composite and the colour layer beside it (<name>.layer.png, RGBA, no lines);
+    # raw: the generator's own picture
+    mode: Literal["auto", "composite", "layers", "raw"] = "auto"
     shards: int = 0  # 0 = from the job's size at the folder's first run (kept in its state)
     follow_links: bool = False  # follow file links that leave the input folder (never folder links)
 

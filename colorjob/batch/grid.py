@@ -5,8 +5,9 @@
     blonde,navy,sunny
 
 Every problem of every row is reported at once, with its line number, before any work starts:
-text that is not UTF-8, a row with more or fewer fields than the header, unknown or missing
-columns, unknown values, repeated rows, and variant names that clash (also when they differ only
+text that is not UTF-8, a row with more or fewer fields than the header, unknown, missing or
+repeated columns, unknown values, malformed colours (a colour attribute takes ``#rrggbb`` or one
+of its named colours), repeated rows, and variant names that clash (also when they differ only
 in letter case, which would overwrite each other on macOS and Windows).
 """
 
@@ -20,7 +21,7 @@ import pandas as pd
 
 from colorjob import storage
 from colorjob.batch.names import clashes, safe_name
-from colorjob.conditions import ConditionVocab
+from colorjob.conditions import ConditionError, ConditionVocab
 from colorjob.errors import ColorjobError
 
 
@@ -74,8 +75,9 @@ def read_grid(path: str, vocab: ConditionVocab) -> pd.DataFrame:
     """The conditions grid, checked against the model: every problem of every row in one error.
 
     Returns one row per variant: the attribute columns, ``variant`` (its file-name-safe name),
-    ``index`` (value indices in the vocabulary's attribute order) and ``values`` (the attribute
-    values as canonical JSON: what provenance compares).
+    ``index`` (the condition codes in the vocabulary's attribute order: value indices, or
+    colours as 0xRRGGBB) and ``values`` (the attribute values as canonical JSON: a named value,
+    or a colour as lowercase ``#rrggbb``; what provenance compares).
     """
     fs, p = storage.resolve(path)
     if not storage.exists(fs, p):
@@ -102,23 +104,24 @@ def read_grid(path: str, vocab: ConditionVocab) -> pd.DataFrame:
     col = {c: i for i, c in enumerate(header)}
     names, values_seen, names_seen, indices, all_values = [], {}, {}, [], []
     for line, fields in rows:
-        values = tuple(fields[col[n]] for n in vocab.names)
+        given = tuple(fields[col[n]] for n in vocab.names)
         idx = []
-        for a, value in zip(vocab.attributes, values, strict=True):
-            if value not in a.values:
-                problems.append(
-                    f"row {line}: unknown {a.name} {value!r} (known: {', '.join(a.values)})"
-                )
-            else:
-                idx.append(a.index(value))
+        for a, value in zip(vocab.attributes, given, strict=True):
+            try:
+                idx.append(a.code(value))
+            except ConditionError as e:
+                known = f"known: {', '.join(a.values)}" if not a.is_colour else f"#rrggbb or {', '.join(a.values)}"  # fmt: skip
+                problems.append(f"row {line}: {a.name} {value!r}: {e}" if a.is_colour else f"row {line}: unknown {a.name} {value!r} ({known})" + ("; hex colours need a model trained on colours (colorjob synth --colours random), this one knows only its names" if value.startswith("#") else ""))  # fmt: skip
+        # the canonical values (a named colour, else lowercase #rrggbb): what provenance compares
+        values = tuple(a.value(c) for a, c in zip(vocab.attributes, idx, strict=True)) if len(idx) == len(given) else given  # fmt: skip
         duplicate = values in values_seen
         if duplicate:
             problems.append(
                 f"row {line}: duplicates row {values_seen[values]} ({', '.join(values)})"
             )
         values_seen.setdefault(values, line)
-        given = fields[col["name"]] if "name" in col else ""
-        name = safe_name(given or "_".join(values))
+        named = fields[col["name"]] if "name" in col else ""
+        name = safe_name(named or "_".join(v.lstrip("#") for v in values))
         if name in names_seen and not duplicate:
             problems.append(
                 f"row {line}: variant name {name!r} is already used by row {names_seen[name]}"

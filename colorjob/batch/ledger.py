@@ -53,8 +53,11 @@ RECORD = pa.schema(
         ("values", pa.string()), ("model_id", pa.string()), ("width", pa.int32()),
         ("height", pa.int32()), ("size", pa.int64()), ("mtime_ns", pa.int64()),
         ("sha256", pa.string()), ("done_at", pa.float64()), ("container", pa.string()),
+        ("mode", pa.string()), ("layer_size", pa.int64()),
     ]
 )  # fmt: skip
+#: Columns older ledgers lack, and what they mean there.
+DEFAULTS = {"mode": "raw", "layer_size": 0}
 
 
 def new_run_id() -> str:
@@ -159,6 +162,9 @@ def read_shard(output_root: str, shard: int) -> tuple[Records, dict]:
             meta = {k.decode(): json.loads(v) for k, v in t.schema.metadata.items() if not k.startswith(b"ARROW")}  # fmt: skip
         if "status" in t.column_names:  # progress parts record failures too (for the manifest)
             t = t.filter(pc.equal(t["status"], "ok"))
+        for name, value in DEFAULTS.items():
+            if name not in t.column_names:
+                t = t.append_column(name, pa.array([value] * len(t), type=RECORD.field(name).type))
         tables.append(t.select(RECORD.names).cast(RECORD))
     if not tables:
         return Records(None), meta
@@ -277,7 +283,7 @@ def migrate_v1(output_root: str, shard_of_input, run_id: str = "v1") -> int:
                          ("input_sha256", ""), ("variant", 0), ("values", r.values), ("model_id", r.model_id),
                          ("width", int(r.width)), ("height", int(r.height)), ("size", int(r.size)),
                          ("mtime_ns", int(r.mtime_ns)), ("sha256", r.sha256), ("done_at", float(r.done_at)), ("container", ""),
-                         ("status", "ok"), ("error", "")):  # fmt: skip
+                         ("mode", "raw"), ("layer_size", 0), ("status", "ok"), ("error", "")):  # fmt: skip
                 rows.setdefault(k, []).append(v)
         for shard, rows in by_shard.items():
             write_progress(output_root, shard, run_id, rows)

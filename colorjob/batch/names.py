@@ -59,7 +59,10 @@ def safe_name(text: str, fallback: str = "variant") -> str:
     text = re.sub(r"[^\w.-]+", "_", text)
     text = re.sub(r"\.{2,}", ".", text)
     text = re.sub(r"_{2,}", "_", text).strip("._-")
-    return _fit(text, MAX_VARIANT).strip("._-") or fallback
+    text = _fit(text, MAX_VARIANT).strip("._-") or fallback
+    if text.lower().endswith(".layer"):  # colour layers are <output>.layer.png: never a variant
+        text = text[: -len(".layer")] + "_layer"
+    return text
 
 
 def sketch_key(rel: str, fmt: str) -> str:

@@ -34,6 +34,7 @@ class Plan:
     grid: pd.DataFrame
     source: listing.Source
     state: dict | None  # the output folder's state (shard count, layout), None on a first run
+    output: str = "composite"  # what outputs are (output_mode)
 
 
 def preflight(cfg: BatchConfig) -> Plan:
@@ -50,7 +51,17 @@ def preflight(cfg: BatchConfig) -> Plan:
             f"{cfg.output} holds a job in the {state.get('layout')!r} layout; a {cfg.layout!r} "
             "job needs another --output (or --set layout=" + str(state.get("layout")) + ")"
         )
-    return Plan(meta, weights, vocab, grid, src, state)
+    return Plan(meta, weights, vocab, grid, src, state, output_mode(cfg, meta))
+
+
+def output_mode(cfg: BatchConfig, meta: dict) -> str:
+    """What outputs are: as asked, or (auto) the model's own mode (composite unless it was
+    trained and validated on its raw pictures)."""
+    if cfg.mode != "auto":
+        if cfg.mode == "raw" and meta.get("out_channels") == 4:
+            raise BatchError(f"{cfg.model} paints colour layers: it has no raw picture; use --set mode=composite or mode=layers")  # fmt: skip
+        return cfg.mode
+    return "raw" if meta.get("train_config", {}).get("output") == "raw" else "composite"
 
 
 def check_names(dealt: listing.Dealt, fmt: str, shown: int = 20) -> None:

@@ -36,7 +36,7 @@ from colorjob import storage
 from colorjob.batch import ledger
 from colorjob.batch.listing import shard_name
 from colorjob.batch.names import sketch_key
-from colorjob.batch.stages import Spec
+from colorjob.batch.stages import Spec, layer_path
 
 BLOCK_IMAGES = 64  # images per block of work (and per progress part)
 DECISION = pa.schema(
@@ -56,6 +56,7 @@ REASONS = {
     "output changed": "the file changed or went missing since",
     "shard": "its shard's tar is redone as a whole",
     "overwrite": "overwrite: redo everything",
+    "mode": "made in another output mode (composite, layers, raw)",
     "unknown sketch": "made before sketches were recorded (colorjob 0.2)",
 }
 
@@ -110,13 +111,21 @@ def decide(spec: Spec, shard: int, inputs: pa.Table, work_root: str) -> Decision
     keys = [sketch_key(rel, fmt) for rel in paths]
     outs = [k + t for k in keys for t in tails]
     container = container_of(shard)
-    files = _file_infos(fs, root, outs if spec.layout == "mirror" else [container])
+    layers = spec.output == "layers"
+    watched = (outs + ([layer_path(o) for o in outs] if layers else [])) if spec.layout == "mirror" else [container]  # fmt: skip
+    files = _file_infos(fs, root, watched)
     tar_ok = spec.layout == "shards" and container in files and meta.get("container") == [container, *files[container]]  # fmt: skip
     index, cols = records.index, records.cols
     r_input, r_values, r_model = cols["input"], cols["values"], cols["model_id"]
     r_isize, r_imtime, r_isha = cols["input_size"], cols["input_mtime_ns"], cols["input_sha256"]
-    r_size, r_mtime, r_sha, r_cont = cols["size"], cols["mtime_ns"], cols["sha256"], cols["container"]
+    r_size, r_mtime, r_sha, r_cont = (
+        cols["size"],
+        cols["mtime_ns"],
+        cols["sha256"],
+        cols["container"],
+    )
     r_width, r_height = cols["width"], cols["height"]
+    r_mode, r_layer = cols["mode"], cols["layer_size"]
     input_sha: dict[int, str] = {}
 
     def sketch_sha(i: int) -> str:
@@ -139,11 +148,13 @@ def decide(spec: Spec, shard: int, inputs: pa.Table, work_root: str) -> Decision
             reason = "values"
         elif r_input[j] != paths[i]:
             reason = "other sketch"
+        elif r_mode[j] != spec.output:
+            reason = "mode"
         elif r_isize[j] < 0:
             reason = "unknown sketch"  # not recorded (a folder made by colorjob 0.2)
         elif (r_isize[j], r_imtime[j]) != (sizes[i], mtimes[i]) and (r_isize[j] != sizes[i] or not r_isha[j] or sketch_sha(i) != r_isha[j]):  # fmt: skip
             reason = "sketch changed"
-        elif mirror and not ledger.still_valid(r_size[j], r_mtime[j], r_sha[j], files.get(out), lambda o=out: storage.read_bytes(fs, storage.join(root, o))) or not mirror and (not tar_ok or r_cont[j] != container):  # fmt: skip
+        elif mirror and not ledger.still_valid(r_size[j], r_mtime[j], r_sha[j], files.get(out), lambda o=out: storage.read_bytes(fs, storage.join(root, o))) or not mirror and (not tar_ok or r_cont[j] != container) or mirror and layers and files.get(layer_path(out), (-1, 0))[0] != r_layer[j]:  # fmt: skip
             reason = "output changed"
         else:
             reason = ""

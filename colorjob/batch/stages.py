@@ -73,6 +73,7 @@ class Spec:
     layout: str = "mirror"
     output: str = "raw"
     overwrite: bool = False
+    estimated_layer: bool = False  # the model has no coverage head (its layers are estimated)
 
 
 def parse_block(batch: dict) -> list[tuple[str, int, int, list[int], list[str]]]:
@@ -126,9 +127,10 @@ def decode_sketch(data: bytes, size: int, max_pixels: int, min_side: int):
     return arr, box, w, h
 
 
-def decode(spec: Spec, paths: list[str]) -> dict:
+def decode(spec: Spec, paths: list[str], keep_native: bool = False) -> dict:
     """Decode each sketch once: ``sketch`` (n, S, S, 3), ``box``, ``width``, ``height``,
-    ``sha256``, ``error``."""
+    ``sha256``, ``error``; with ``keep_native``, ``native``: each sketch at its own size (for
+    compositing its lines over the colours there)."""
     fs, root = storage.resolve(spec.input_root)
     n = len(paths)
     out = {
@@ -137,15 +139,35 @@ def decode(spec: Spec, paths: list[str]) -> dict:
         "height": np.zeros(n, np.int32), "error": np.array([""] * n, dtype=object),
         "sha256": np.array([""] * n, dtype=object),
     }  # fmt: skip
+    natives = [None] * n
     Image.MAX_IMAGE_PIXELS = spec.max_pixels  # PIL refuses far larger ones before decoding
     for i, rel in enumerate(paths):
         try:
             data = storage.read_bytes(fs, storage.join(root, rel))
             out["sha256"][i] = hashlib.sha256(data).hexdigest()
-            arr, box, w, h = decode_sketch(data, spec.size, spec.max_pixels, spec.min_side)
+            img = load_rgb(data, spec.max_pixels)
+            w, h = img.size
+            if min(w, h) < spec.min_side:
+                raise ValueError(f"image is {w}x{h}: too small to colour (min_side={spec.min_side})")  # fmt: skip
+            arr, box = letterbox(img, spec.size)
             out["sketch"][i], out["box"][i], out["width"][i], out["height"][i] = arr, box, w, h
+            if keep_native:
+                natives[i] = np.asarray(img)
         except Exception as e:  # noqa: BLE001 - any bad file becomes failed rows, not a failed job
             out["error"][i] = _reason(e)
+    if keep_native:
+        out["native"] = natives
+    return out
+
+
+def natives_of(spec: Spec, rows: dict) -> dict[str, np.ndarray]:
+    """The sketches of ``rows`` at their own size, decoded again (the split plan's encode stage:
+    sketches do not travel through the object store twice)."""
+    fs, root = storage.resolve(spec.input_root)
+    out = {}
+    for rel, err in zip(rows["input"], rows["error"], strict=True):
+        if not err and str(rel) not in out:
+            out[str(rel)] = np.asarray(load_rgb(storage.read_bytes(fs, storage.join(root, str(rel))), spec.max_pixels))  # fmt: skip
     return out
 
 
@@ -181,23 +203,58 @@ class Colorizer:
         index = torch.tensor([i for i, _ in pairs])
         conds = self.conditions[torch.tensor([v for _, v in pairs])]
         spec = self.spec
-        for start, y in colorize_chunks(self.g, x, conds, self.vocab, index, spec.batch_size, spec.precision):  # fmt: skip
+        mode = "raw" if spec.output == "raw" else "parts"  # composited at the sketch's own size
+        for start, y in colorize_chunks(self.g, x, conds, self.vocab, index, spec.batch_size, spec.precision, output=mode):  # fmt: skip
             yield start, y.permute(0, 2, 3, 1).cpu().numpy()
 
 
 # ---- encode and record --------------------------------------------------------------------------
-def encode(pixels: np.ndarray, box, width: int, height: int, spec: Spec, values: str) -> bytes:
-    """One output image at the sketch's own size, in the job's format (PNGs carry their
-    provenance in a text chunk)."""
-    img = unletterbox(pixels, box, width, height)
-    pil_format, options = FORMATS[spec.fmt]
-    if spec.fmt == "png":  # provenance travels with the file too
+def _save(img: Image.Image, fmt: str, spec: Spec, values: str, kind: str) -> bytes:
+    pil_format, options = FORMATS[fmt]
+    if fmt == "png":  # provenance travels with the file too
         info = PngImagePlugin.PngInfo()
-        info.add_text("colorjob", f'{{"model_id": "{spec.model_id}", "values": {values}}}')
+        info.add_text("colorjob", f'{{"model_id": "{spec.model_id}", "values": {values}, "output": "{kind}"}}')  # fmt: skip
         options = {**options, "pnginfo": info}
     buf = io.BytesIO()
     img.save(buf, format=pil_format, **options)
     return buf.getvalue()
+
+
+def encode(pixels: np.ndarray, box, width: int, height: int, spec: Spec, values: str, native: np.ndarray | None = None) -> tuple[bytes, bytes | None]:  # fmt: skip
+    """One output at the sketch's own size, in the job's format (PNGs carry their provenance in
+    a text chunk): ``(image, colour layer or None)``. ``pixels``: the model's square (RGB for
+    ``raw``, the RGBA colour layer otherwise); ``native``: the sketch at its own size, whose
+    lines are put over the colours there (:func:`colorjob.composite.composite_image`)."""
+    from colorjob.composite import composite_image
+
+    img = unletterbox(pixels, box, width, height)
+    if spec.output == "raw":
+        return _save(img.convert("RGB"), spec.fmt, spec, values, "raw"), None
+    parts = np.asarray(img)
+    comp = Image.fromarray(composite_image(parts, native))
+    picture = _save(comp, spec.fmt, spec, values, "composite")
+    if spec.output != "layers":
+        return picture, None
+    if spec.estimated_layer:  # a generator without a coverage head: the layer estimated
+        parts = estimated_layer(parts[..., :3], native)
+    return picture, _save(Image.fromarray(parts, "RGBA"), "png", spec, values, "layer")
+
+
+def estimated_layer(rgb: np.ndarray, sketch: np.ndarray) -> np.ndarray:
+    """``(H, W, 4)`` uint8: the colour layer of a full picture (:func:`colorjob.composite.layer_from_rgb`)."""
+    import torch
+
+    from colorjob.composite import layer_from_rgb
+
+    colour, coverage = layer_from_rgb(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float(), torch.from_numpy(np.ascontiguousarray(sketch)).permute(2, 0, 1)[None].float())  # fmt: skip
+    out = torch.cat([colour, coverage * 255], 1)[0].permute(1, 2, 0)
+    return out.round().clamp(0, 255).byte().numpy()
+
+
+def layer_path(out: str) -> str:
+    """Where an output's colour layer goes: ``a/cat__v.png`` -> ``a/cat__v.layer.png`` (variant
+    names never end in ``.layer``, so no output is another's layer)."""
+    return out.rsplit(".", 1)[0] + ".layer.png"
 
 
 def _fatal(e: BaseException, what: str) -> None:
@@ -223,13 +280,16 @@ def _sidecar(spec: Spec, rows: dict, k: int, v: int) -> bytes:
     ).encode()  # fmt: skip
 
 
-def record(spec: Spec, rows: dict) -> dict:
+def record(spec: Spec, rows: dict, natives: dict | None = None) -> dict:
     """Encode and write one image per row, then record them; returns status counts.
 
     ``rows``: ``shard``, ``block``, ``input``, ``input_size``, ``input_mtime_ns``, ``sha_in``,
     ``output``, ``variant``, ``image`` (NHWC, ignored where ``error``), ``box``, ``width``,
-    ``height``, ``error`` (lists or arrays of one length).
+    ``height``, ``error`` (lists or arrays of one length). ``natives``: sketch path -> the
+    sketch at its own size (composites; decoded again when not given).
     """
+    if natives is None and spec.output != "raw":
+        natives = natives_of(spec, rows)
     from colorjob.batch import ledger, shard
 
     fs, root = storage.resolve(spec.output_root)
@@ -239,19 +299,25 @@ def record(spec: Spec, rows: dict) -> dict:
     for k in range(n):
         out, err = str(rows["output"][k]), str(rows["error"][k])
         v, w, h = int(rows["variant"][k]), int(rows["width"][k]), int(rows["height"][k])
-        size = mtime = 0
+        size = mtime = layer_size = 0
         sha = ""
         if not err:
             try:
-                data = encode(rows["image"][k], rows["box"][k], w, h, spec, spec.values[v])
+                native = natives.get(str(rows["input"][k])) if natives is not None else None
+                data, layer = encode(rows["image"][k], rows["box"][k], w, h, spec, spec.values[v], native)  # fmt: skip
                 sha, size = hashlib.sha256(data).hexdigest(), len(data)
+                layer_size = len(layer) if layer is not None else 0
                 if spec.layout == "mirror":
+                    if layer is not None:  # first, so a recorded output always has its layer
+                        ledger.write_bytes(spec.output_root, storage.join(root, layer_path(out)), layer, spec.run_id)  # fmt: skip
                     path = storage.join(root, out)
                     ledger.write_bytes(spec.output_root, path, data, spec.run_id)
                     info = fs.get_file_info(path)
                     size, mtime = info.size, info.mtime_ns or 0
                 else:
                     members.append((shard.member_name(out, spec.fmt), data))
+                    if layer is not None:
+                        members.append((shard.member_name(out, "layer.png"), layer))
                     members.append((shard.member_name(out, "json"), _sidecar(spec, rows, k, v)))
             except Exception as e:  # noqa: BLE001 - a failed write is a failed row
                 _fatal(e, out)
@@ -262,6 +328,7 @@ def record(spec: Spec, rows: dict) -> dict:
             ("variant", v), ("values", spec.values[v]), ("model_id", spec.model_id),
             ("width", 0 if err else w), ("height", 0 if err else h), ("size", size), ("mtime_ns", mtime),
             ("sha256", sha), ("done_at", time.time()), ("container", ""),
+            ("mode", spec.output), ("layer_size", layer_size),
             ("status", "failed" if err else "ok"), ("error", err),
         ):  # fmt: skip
             out_rows[key].append(value)
@@ -315,7 +382,8 @@ class Fused:
         """One block: its outputs, then their records; returns the shard and the counts."""
         jobs = parse_block(batch)
         shard, block = int(batch["shard"][0]), str(batch["block"][0])
-        decoded = decode(self.spec, [p for p, *_ in jobs])
+        decoded = decode(self.spec, [p for p, *_ in jobs], keep_native=self.spec.output != "raw")
+        natives = {p: decoded["native"][i] for i, (p, *_) in enumerate(jobs) if decoded.get("native") is not None and decoded["native"][i] is not None}  # fmt: skip
         pairs, rows = cross(jobs, decoded)
         counts = {"ok": 0, "failed": 0}
         failed = [k for k, e in enumerate(rows["error"]) if e]
@@ -328,7 +396,7 @@ class Fused:
         for start, imgs in self.colorizer.chunks(decoded["sketch"], pairs):
             parts.append(_slice_rows(rows, decoded, good[start : start + len(imgs)], imgs, shard, block))  # fmt: skip
         merged = _merge(parts)
-        got = record(self.spec, merged)
+        got = record(self.spec, merged, natives)
         counts = {k: counts[k] + got[k] for k in counts}
         return {"shard": np.array([shard]), "ok": np.array([counts["ok"]]), "failed": np.array([counts["failed"]])}  # fmt: skip
 
