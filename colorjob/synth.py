@@ -838,14 +838,18 @@ def _make_one(args: tuple) -> list[dict]:
 def contact_sheet(
     root: Path, rows: pd.DataFrame, max_sketches: int = 8, thumb: int = 128
 ) -> Image.Image:
-    """Sketches down the side; the sketch, then five of its colourings, then its masks."""
+    """Sketches down the side; the sketch, then five of its colourings (a diagonal of the
+    palette for named colours), then its masks."""
     stems = list(dict.fromkeys(rows["input"]))[:max_sketches]
-    cols = 1 + 5 + 3
+    has_bg = any((root / f"masks/{Path(sk).stem}_background.png").is_file() for sk in stems)
+    cols = 1 + 5 + 2 + has_bg
     sheet = Image.new("RGB", (cols * thumb, len(stems) * thumb), "white")
+    diagonal = [(h, s) for h, s in zip(HAIR_COLORS, SHIRT_COLORS, strict=True)]
     for r, sk in enumerate(stems):
         stem = Path(sk).stem
         outs = list(rows.loc[rows["input"] == sk, "output"])
-        picks = outs[:: max(1, len(outs) // 5)][:5]
+        named = [f"colored/{stem}_{h}_{s}.png" for h, s in diagonal]
+        picks = named if all(o in outs for o in named) else outs[:: max(1, len(outs) // 5)][:5]
         tiles = [root / sk] + [root / o for o in picks]
         tiles += [p for p in (root / f"masks/{stem}_{a}.png" for a in ("hair", "shirt", "background")) if p.is_file()]  # fmt: skip
         for col, p in enumerate(tiles):
