@@ -94,7 +94,7 @@ def test_a_dataset_with_hex_values_is_a_colour_dataset(tmp_path):
     ds = PairDataset(d, 32)
     assert all(a.is_colour for a in ds.vocab.attributes)
     codes = ds.conditions.numpy()
-    for (h, sh), row in zip(codes, meta.itertuples(), strict=True):
+    for (h, _), row in zip(codes, meta.itertuples(), strict=True):
         assert ds.vocab["hair"].rgb(h) == ds.vocab.color("hair", row.hair)
     r = synth.generate(tmp_path / "r", 1, seed=3, size=32, workers=1, families=("icon",), colours="random", colourings_per_sketch=4)  # fmt: skip
     (r / "conditions.json").unlink()  # without the sidecar: hex values make it a colour attribute
