@@ -19,7 +19,7 @@ import torch
 from colorjob.data import DeviceSet, PairDataset
 from colorjob.imaging import to_unit
 from colorjob.inference import Output, Precision, colorize
-from colorjob.metrics import BACKGROUND, colouring_stats, fidelity_hits, l1, psnr
+from colorjob.metrics import BACKGROUND, colouring_stats, fidelity, l1, psnr
 from colorjob.plots import save_grid
 
 #: The per-epoch columns every validation gives (more, per attribute, where masks allow).
@@ -58,9 +58,8 @@ def validate(
     )  # fmt: skip
     out = {"val_fidelity": None}
     if masks is not None:
-        hits = fidelity_hits(fake.cpu(), val.conditions.cpu(), masks, val.vocab)
-        out["val_fidelity"] = hits.float().mean().item()
         sketches = val.sketches[val.sketch_index].cpu()
+        out["val_fidelity"] = fidelity(fake.cpu(), val.conditions.cpu(), masks, val.vocab, sketches)
         out |= {f"val_{k}": v for k, v in colouring_stats(fake, sketches, val.conditions, masks, val.vocab).items()}  # fmt: skip
     fake, target = to_unit(fake), to_unit(val.targets)
     return {"val_l1": l1(fake, target).mean().item(), "val_psnr": psnr(fake, target).mean().item()} | out  # fmt: skip
@@ -126,9 +125,9 @@ def metrics_of_files(
         masks.append(mask)
     if not images:
         return None
-    images, codes = torch.stack(images), torch.tensor(conditions)
-    out = {"fidelity": fidelity_hits(images, codes, masks, ds.vocab).float().mean().item()}
-    return out | colouring_stats(images, torch.stack(sketches), codes, masks, ds.vocab)
+    images, codes, sketches = torch.stack(images), torch.tensor(conditions), torch.stack(sketches)
+    out = {"fidelity": fidelity(images, codes, masks, ds.vocab, sketches)}
+    return out | colouring_stats(images, sketches, codes, masks, ds.vocab)
 
 
 def fidelity_of_files(dataset: Path, sketches_prefix: str, rows, folder: Path, image_size: int) -> float | None:  # fmt: skip

@@ -37,6 +37,7 @@ FIDELITY_DE = 10.0  # a colour request is met when the region's colour is this c
 LEAK_TOL = 24  # a background pixel changed by more than this (0..255, any channel) has leaked
 LINE_TOL = 32  # a stroke pixel within this (0..255, every channel) of the sketch is kept
 BACKGROUND = "background"  # the mask name of the background region
+MIN_REGION = 16  # pixels a region keeps once eroded (lines out) to be judged at all
 
 
 def l1(fake: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -85,22 +86,34 @@ def fidelity_hits(
     conditions: torch.Tensor,
     masks: list[dict[str, torch.Tensor]],
     vocab: ConditionVocab,
+    sketches: torch.Tensor | None = None,
+    with_judged: bool = False,
 ) -> torch.Tensor:
     """``(N, A)`` bool: was attribute ``a`` of image ``n`` painted in the requested colour?
+    (``with_judged``: also which pairs had a region large enough to judge.)
 
     ``images``: ``(N, 3, H, W)`` uint8; ``conditions``: ``(N, A)`` codes; ``masks[n]``: attribute
-    name -> ``(H, W)`` bool region. Attributes without colours cannot be judged (an error).
+    name -> ``(H, W)`` bool region; ``sketches`` (uint8, like ``images``): their lines are left
+    out of the regions. Attributes without colours cannot be judged (an error).
     """
     palettes = _palette(vocab)
     for a, p in zip(vocab.attributes, palettes, strict=True):
         if p is None:
             raise ValueError(f"attribute {a.name!r} has values without a colour; fidelity needs all of them")  # fmt: skip
+    off_line = None if sketches is None else line_alpha(sketches.cpu().float())[:, 0] < 0.5
     hits = torch.zeros(conditions.shape, dtype=torch.bool)
+    judged = torch.zeros(conditions.shape, dtype=torch.bool)
     for n in range(images.shape[0]):
         for j, a in enumerate(vocab.attributes):
-            color = dominant_color(images[n].cpu(), masks[n][a.name].cpu())
+            region = masks[n][a.name].cpu()
+            if off_line is not None:
+                region = region & off_line[n]
+            if erode(region).sum() < MIN_REGION:
+                continue  # a region too small to have a colour of its own (a cropped shirt)
+            color = dominant_color(images[n].cpu(), region)
             if color is None:
                 continue
+            judged[n, j] = True
             lab = rgb_to_lab(color.numpy()[None])
             code = int(conditions[n, j])
             if a.is_colour:
@@ -108,7 +121,13 @@ def fidelity_hits(
                 hits[n, j] = bool(delta_e(lab, want)[0] <= FIDELITY_DE)
             else:
                 hits[n, j] = int(np.argmin(delta_e(np.repeat(lab, len(palettes[j]), 0), palettes[j]))) == code  # fmt: skip
-    return hits
+    return (hits, judged) if with_judged else hits
+
+
+def fidelity(images, conditions, masks, vocab, sketches=None) -> float | None:
+    """The share of judged (image, attribute) pairs painted as asked (None: nothing judged)."""
+    hits, judged = fidelity_hits(images, conditions, masks, vocab, sketches, with_judged=True)
+    return float(hits[judged].float().mean()) if judged.any() else None
 
 
 def colouring_stats(
@@ -138,15 +157,16 @@ def colouring_stats(
             if m is None or palettes[j] is None:
                 continue
             region = erode(m.cpu()) & off_line
-            if region.sum() < 4:
+            if region.sum() < MIN_REGION:
                 continue
             px = img[region].numpy().astype(np.float64)
             code = int(conditions[n, j])
             want_rgb = np.array(a.rgb(code), dtype=np.float64)
             want = rgb_to_lab(want_rgb[None])[0]
             cands = palettes[j]
-            if a.is_colour:
-                cands = np.concatenate([cands, want[None]])
+            if a.is_colour:  # the palette's other colours (a named request is one of them) + it
+                others = cands[((cands - want) ** 2).sum(-1) > 1.0]
+                cands = np.concatenate([others, want[None]])
                 k_want = len(cands) - 1
             else:
                 k_want = code

@@ -819,8 +819,9 @@ def _make_one(args: tuple) -> list[dict]:
         texture = paper_texture(size, np.random.default_rng([seed, index, 13]))
     render(cov, sketch_table(), texture).save(out / "sketches" / f"{stem}.png", optimize=False)
     regions = [("hair", HAIR_LABELS), ("shirt", SHIRT_LABELS)]
-    if fam.placed:  # where the paper shows (classic colourings tint it: no background mask)
-        regions.append(("background", (L.BG,)))
+    if fam.placed:  # where the paper shows (classic colourings tint it: no background mask),
+        # and the shirt where its own colour is (a pattern's tint is not what was asked for)
+        regions = [("hair", HAIR_LABELS), ("shirt", (L.SHIRT, L.SHIRT2)), ("background", (L.BG,))]
     for attr, labs in regions:
         mask = cov[list(labs)].sum(axis=0) >= 0.75  # mostly this region, little line
         Image.fromarray(mask).save(out / "masks" / f"{stem}_{attr}.png")

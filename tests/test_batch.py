@@ -364,7 +364,7 @@ def test_validation_metrics_equal_those_of_the_images_batch_writes(
     """The score a search selects on is computed from exactly the pixels batch writes."""
     from colorjob.data import load_splits
     from colorjob.imaging import to_unit
-    from colorjob.metrics import fidelity_hits, l1, psnr
+    from colorjob.metrics import fidelity, l1, psnr
 
     cfg, _ = trained
     meta = read_model_info(Path(cfg.out) / "best")
@@ -382,7 +382,7 @@ def test_validation_metrics_equal_those_of_the_images_batch_writes(
     assert l1(to_unit(fakes), to_unit(t["targets"])).mean().item() == pytest.approx(meta["metrics"]["val_l1"], rel=1e-6)  # fmt: skip
     assert psnr(to_unit(fakes), to_unit(t["targets"])).mean().item() == pytest.approx(meta["metrics"]["val_psnr"], rel=1e-6)  # fmt: skip
     masks = [{a: val.mask(s, a) for a in val.vocab.names} for s in val.metadata["input"]]
-    fid = fidelity_hits(fakes, t["conditions"], masks, val.vocab).float().mean().item()
+    fid = fidelity(fakes, t["conditions"], masks, val.vocab, t["sketches"][t["sketch_index"]])
     assert fid == pytest.approx(meta["metrics"]["val_fidelity"])
 
 

@@ -11,11 +11,10 @@ from conftest import read_manifest
 from PIL import Image
 from safetensors import safe_open
 
-from colorjob import synth
+from colorjob import metrics, synth
 from colorjob.data import PairDataset
 from colorjob.export import DEFAULT_MODEL, WEIGHTS, load_generator
 from colorjob.inference import colorize
-from colorjob.metrics import fidelity_hits
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +38,7 @@ def fidelity(data: Path, g, vocab) -> float:
     t = ds.tensors()
     fakes = colorize(g, t["sketches"], t["conditions"], vocab, t["sketch_index"], 25)
     masks = [{a: ds.mask(s, a) for a in vocab.names} for s in ds.metadata["input"]]
-    return fidelity_hits(fakes, t["conditions"], masks, vocab).float().mean().item()
+    return metrics.fidelity(fakes, t["conditions"], masks, vocab, t["sketches"][t["sketch_index"]])
 
 
 def test_fidelity_on_new_characters_is_no_worse_than_the_card(tmp_path):
