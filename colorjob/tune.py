@@ -332,12 +332,12 @@ def _searcher(cfg: TuneConfig, space: dict):
 
 
 def _scheduler(cfg: TuneConfig, space: dict):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     s = cfg.scheduler
     if s.pbt is not None:
         random.seed(cfg.seed)  # PBT draws its exploits and perturbations from Python's random
-        return PopulationBasedTraining(
+        return resilient_pbt(
             time_attr="epoch", perturbation_interval=s.pbt.perturbation_interval,
             hyperparam_mutations=space, quantile_fraction=s.pbt.quantile_fraction,
             resample_probability=s.pbt.resample_probability, synch=s.pbt.synch,
@@ -350,6 +350,44 @@ def _scheduler(cfg: TuneConfig, space: dict):
         grace_period=min(s.grace_period, cfg.train.epochs),  # --epochs 2 still runs
         reduction_factor=s.reduction_factor,
     )
+
+
+def resilient_pbt(**kwargs):
+    """Ray's Population Based Training, where a member that fails for good (its retries spent)
+    cannot stall a synchronous population.
+
+    Ray's synchronous PBT perturbs when the last live member reports at the perturbation point;
+    a member that dies before it reports never does, and the paused others would wait forever
+    (``3 PAUSED | 1 ERROR``, nothing running). Here, when nothing runs, nothing is left to start
+    and every live member waits at the point while one has failed, the population is perturbed
+    without it and goes on (the failure stays in the results, and ``trials.csv`` says why).
+    """
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import PopulationBasedTraining
+
+    class ResilientPBT(PopulationBasedTraining):
+        def choose_trial_to_run(self, tune_controller):
+            trial = super().choose_trial_to_run(tune_controller)
+            if trial is None and self._synch and self._stalled(tune_controller):
+                waiting = [t for t in tune_controller.get_live_trials() if t.status == Trial.PAUSED]
+                t = waiting[0]
+                log.warning("a member of the population failed for good; it goes on without it")
+                self.on_trial_result(tune_controller, t, self._trial_state[t].last_result)
+                trial = super().choose_trial_to_run(tune_controller)
+            return trial
+
+        def _stalled(self, tune_controller) -> bool:
+            """Nothing runs or waits to start, every live member is paused at the point, and
+            a member failed: the report the population waits for will never come."""
+            trials = tune_controller.get_trials()
+            live = [t for t in tune_controller.get_live_trials() if t in self._trial_state]
+            return (
+                any(t.status == Trial.ERROR for t in trials)
+                and bool(live)
+                and all(t.status == Trial.PAUSED and self._trial_state[t].last_result is not None for t in live)
+            )  # fmt: skip
+
+    return ResilientPBT(**kwargs)
 
 
 def milestones(cfg: TuneConfig) -> list[int]:

@@ -96,16 +96,88 @@ def test_an_interrupted_pbt_search_resumes(tmp_path, chars):
     env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, str(ROOT / "jobs" / "tune.py"), "--config", str(path)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        done = _reports(exp) if exp.exists() else pd.DataFrame()
-        if len(done) >= 4:
-            break
-        time.sleep(0.5)
-    assert proc.poll() is None, "the search ended before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=120)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None and not list(exp.glob("*/checkpoint_*")):  # fmt: skip
+            time.sleep(0.2)
+        assert proc.poll() is None, "the search ended before it could be interrupted"
+        proc.send_signal(signal.SIGINT)  # once a trial has a checkpoint
+        proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    saved = {d.parent.name for d in exp.glob("*/checkpoint_*")}  # trials that can continue
+    assert saved
     r = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     table = pd.read_csv(exp / "trials.csv")
     assert len(table) == 4 and (table["epochs"] == 4).all()
+    # resumed from their checkpoints: a trial that had one did not train its first epoch again
+    # (a restart from scratch would)
+    reports = _reports(exp)
+    for trial_dir in saved:
+        tid = next(t for t in reports["trial_id"].unique() if t in trial_dir)
+        assert (reports[(reports["trial_id"] == tid)]["epoch"] == 1).sum() == 1, tid
+
+
+@pytest.mark.slow
+def test_pbt_exploiting_every_epoch_leaves_checkpoints_that_all_restore(local_ray, tmp_path, chars):
+    """20 epochs, a perturbation every epoch, the background writer on: every checkpoint the
+    experiment kept makes its run folder again, and its best/ is the best generator it names."""
+    from colorjob import checkpoint, runfolder
+    from colorjob.export import model_id, read_model, weights_file
+
+    spec = pbt_spec(tmp_path, chars, scheduler={"pbt": {"perturbation_interval": 1, "quantile_fraction": 0.5, "resample_probability": 0.5}},
+                    train={"epochs": 20, "checkpoint_every": 1})  # fmt: skip
+    run(cfgmod.from_dict(TuneConfig, spec))
+    exp = tmp_path / "results" / "pbt"
+    reports = _reports(exp)
+    assert (reports["parent"].fillna("") != "").sum() >= 5  # it did exploit, many times
+    kept = sorted(exp.glob("*/checkpoint_*/last.pt"))
+    assert len(kept) >= 8
+    for last in kept:
+        state = checkpoint.load(last)
+        out = tmp_path / "again" / last.parent.parent.name / last.parent.name
+        runfolder.write(last, out)
+        best = checkpoint.best_generator(state)
+        if best is not None:
+            meta, _ = read_model(out / "best")
+            assert meta["model_id"] == model_id(weights_file(best))
+            assert meta["metrics"]["epoch"] == state["best"]["epoch"] <= state["epoch"]
+    table = pd.read_csv(exp / "trials.csv")
+    assert (table["status"] == "completed").all() and (table["epochs"] == 20).all()
+
+
+@pytest.mark.slow
+def test_a_pbt_member_that_fails_for_good_does_not_stall_the_population(local_ray, tmp_path, chars):
+    """A member's process is killed (no retries left): the synchronous population goes on
+    without it, the search finishes, trials.csv says which trial failed and why."""
+    import threading
+
+    from ray._private.state import actors
+
+    spec = pbt_spec(tmp_path, chars, train={"epochs": 8})
+    exp = tmp_path / "results" / "pbt"
+    killed = []
+
+    def kill_one():
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            reports = _reports(exp) if exp.exists() else pd.DataFrame()
+            if len(reports) and (reports["epoch"] >= 3).any():
+                break
+            time.sleep(0.2)
+        live = [a["Pid"] for a in actors().values() if a["State"] == "ALIVE" and "ImplicitFunc" in a["ActorClassName"]]  # fmt: skip
+        if live:
+            os.kill(live[0], signal.SIGKILL)
+            killed.append(live[0])
+
+    watcher = threading.Thread(target=kill_one, daemon=True)
+    watcher.start()
+    best = run(cfgmod.from_dict(TuneConfig, spec))
+    watcher.join(timeout=5)
+    assert killed, "no trial was running to kill"
+    table = pd.read_csv(exp / "trials.csv")
+    failed = table[table["status"] == "failed"]
+    assert len(failed) == 1 and failed["error"].str.len().iloc[0] > 0
+    assert ((table["status"] == "completed") & (table["epochs"] == 8)).sum() == 3
+    assert best is not None
