@@ -2,7 +2,8 @@
 
 A command joins the cluster that ``RAY_ADDRESS`` names (``ray job submit`` sets it for the job's
 driver; set it to ``auto`` to use a ``ray start`` cluster on this machine). Otherwise it starts a
-private Ray for itself, and never attaches to some other Ray that happens to run on the machine.
+private Ray for itself, listening on 127.0.0.1 only (:func:`loopback_only`), and never attaches
+to some other Ray that happens to run on the machine.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ def connect(log_to_driver: bool = True, **local) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = os.environ.get("RAY_ADDRESS") or "local"
     extra = {"include_dashboard": False, **local} if address == "local" else {}
+    if address == "local":
+        loopback_only()
+        extra.setdefault("dashboard_host", "127.0.0.1")
     if extra.get("include_dashboard"):
         # Ray's own State API clients in this Ray's workers (Ray Train's PlacementGroupCleaner)
         # find the dashboard through this variable (the processes inherit it), not through
@@ -38,6 +42,22 @@ def connect(log_to_driver: bool = True, **local) -> None:
         log_to_driver=log_to_driver,
         **extra,
     )
+
+
+def loopback_only() -> None:
+    """Make the private Ray about to start listen on 127.0.0.1 only (GCS, raylet, object manager,
+    workers, agents, dashboard), unreachable from the network.
+
+    Ray takes 127.0.0.1 as a node's address only where it treats the machine as a cluster of one
+    (its ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``: every server then binds to it); elsewhere it
+    replaces a loopback ``_node_ip_address`` by the machine's LAN address and its gRPC servers
+    listen on every interface. The switch is read when Ray is imported, so it is set for the
+    processes this Ray starts and, in this process, on Ray's constant itself.
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    import ray._private.ray_constants as ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def free_port() -> int:
