@@ -62,7 +62,10 @@ def ensure_local_ray() -> None:
     import ray
 
     if not ray.is_initialized():
+        from colorjob.cluster import loopback_only
+
         os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+        loopback_only()  # reachable from this machine only, as colorjob's own private Ray
         ray.init(
             address="local", num_cpus=2, include_dashboard=False, configure_logging=False,
             log_to_driver=False,

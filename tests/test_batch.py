@@ -303,11 +303,13 @@ def test_a_job_killed_midway_and_rerun_ends_with_every_output_once(
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and len(recorded(out)) < 40:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the job ended before it could be killed"
-    kill_tree(proc)  # the driver, its Ray (if any) and the workers: no clean-up
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None and len(recorded(out)) < 40:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the job ended before it could be killed"
+    finally:
+        kill_tree(proc)  # the driver, its Ray (if any) and the workers: no clean-up
     done = recorded(out)  # what the killed job recorded as finished
     images = {str(p.relative_to(out)) for p in out.rglob("*__*.png") if ".colorjob" not in p.parts}
     assert 40 <= len(done) < 24 * 25 and done <= images

@@ -32,7 +32,9 @@ def load(name: str) -> dict:
 def schema_errors(doc: dict) -> list[str]:
     schema = VENDORED["schemas"][doc["kind"]]
     validator = jsonschema.Draft7Validator(schema)
-    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)]
+    return [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)
+    ]
 
 
 def cluster_spec(doc: dict) -> dict:
@@ -63,7 +65,9 @@ def rule_errors(doc: dict) -> list[str]:
             res = c.get("resources", {})
             gpus = {k: res.get(k, {}).get("nvidia.com/gpu") for k in ("requests", "limits")}
             if gpu_group != bool(gpus["requests"]) or gpus["requests"] != gpus["limits"]:
-                errors.append(f"{group}: a GPU group requests and limits GPUs (and only a GPU group)")
+                errors.append(
+                    f"{group}: a GPU group requests and limits GPUs (and only a GPU group)"
+                )
             for env in c.get("env", []):
                 if re.search(r"SECRET|ACCESS_KEY|TOKEN|PASSWORD", env["name"]) or "secretKeyRef" in json.dumps(env):  # fmt: skip
                     errors.append(f"{group}: {env['name']}: no keys in a manifest")

@@ -130,13 +130,17 @@ def test_interrupt_and_resume_runs_only_what_was_left(tmp_path, chars):
     exp = tmp_path / "results" / "tiny"
     env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0"}
     cmd = [sys.executable, str(ROOT / "jobs" / "tune.py"), "--config", str(path)]
+    env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while _finished_trials(exp, 2) < 2 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-    assert proc.poll() is None, "the search ended before it could be interrupted"
-    proc.send_signal(signal.SIGINT)  # Ctrl-C
-    proc.wait(timeout=120)
+    try:
+        deadline = time.time() + 300
+        while _finished_trials(exp, 2) < 2 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        assert proc.poll() is None, "the search ended before it could be interrupted"
+        proc.send_signal(signal.SIGINT)  # Ctrl-C, once two trials have finished
+        proc.wait(timeout=120)
+    finally:
+        proc.kill()
     done_before = {
         p.parent.name: p.read_text()
         for p in exp.glob("*/result.json")
