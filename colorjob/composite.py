@@ -117,11 +117,18 @@ def _strips(h: int, rows: int):
     return [(y, min(h, y + rows)) for y in range(0, h, rows)]
 
 
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """``(H, W, C)`` uint8 -> ``(1, C, H, W)``, sharing memory where it may (PIL's arrays are
+    read-only: those are copied)."""
+    a = np.ascontiguousarray(a)
+    return torch.from_numpy(a if a.flags.writeable else a.copy()).permute(2, 0, 1)[None]
+
+
 def composite_image(layer: np.ndarray, sketch: np.ndarray, rows: int = 512) -> np.ndarray:
     """``layer``: ``(H, W, 3 or 4)`` uint8 (RGB, coverage), ``sketch``: ``(H, W, 3)`` uint8 ->
     the composite ``(H, W, 3)`` uint8: the same arithmetic as :func:`composite`, a strip of
     ``rows`` rows at a time (memory bounded whatever the image's size)."""
-    s = torch.from_numpy(np.ascontiguousarray(sketch)).permute(2, 0, 1)[None]
+    s = _tensor(sketch)
     strips = _strips(sketch.shape[0], rows)
     hist = torch.zeros(1, 256)
     for y0, y1 in strips:
@@ -142,7 +149,7 @@ def composite_image(layer: np.ndarray, sketch: np.ndarray, rows: int = 512) -> n
     out = np.empty(sketch.shape, np.uint8)
     for y0, y1 in strips:
         st = s[:, :, y0:y1].float()
-        lay = torch.from_numpy(np.ascontiguousarray(layer[y0:y1])).permute(2, 0, 1)[None].float()
+        lay = _tensor(layer[y0:y1]).float()
         cov = lay[:, 3:4] / 255.0 if lay.shape[1] == 4 else None
         a = line_alpha(st, stats)
         base = lay[:, :3] if cov is None else cov * lay[:, :3] + (1 - cov) * st
