@@ -57,7 +57,7 @@ fi
 if [ "$part" = batch ] || [ "$part" = all ]; then
   # colorjob batch (in process; and on Ray Data's split plan), the good plain loop, the naive
   # loop, the model alone and PNG encoding on every core, for the seed-size generator in bf16.
-  busy $py benchmarks/batch_throughput.py --images $((sk * 25)) --models seed,default 2>&1 | tail -16 | tee "$OUT/batch.txt"
+  busy $py benchmarks/batch_throughput.py --images $((sk * 25)) --models seed,default 2>&1 | tail -30 | tee "$OUT/batch.txt"
 fi
 
 if [ "$part" = scale ] || [ "$part" = all ]; then

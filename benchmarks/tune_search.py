@@ -1,24 +1,32 @@
-"""Three searches on the same data and budget: random, TPE + ASHA, Population Based Training.
+"""Three searches on the same data and budget: random, TPE + ASHA, Population Based Training;
+and how well an early epoch's score ranks trials as their final score does.
 
-    python benchmarks/tune_search.py                     # 3 search seeds (~30 min on 2 cores)
-    python benchmarks/tune_search.py --repeats 1 --trials 4 --epochs 2    # a smoke run
+    python benchmarks/tune_search.py                      # 24 trials x 12 epochs, 3 search seeds
+    python benchmarks/tune_search.py --repeats 1 --trials 4 --epochs 3    # a smoke run
 
 - random search: ``--trials`` trials of ``--epochs`` epochs, no early stopping;
-- TPE + ASHA (as shipped in configs/tune.yaml): the same number of trials, ASHA stopping the weak
-  ones, early-stopped trials told to Optuna as pruned;
-- PBT: a population of ``--trials / 2`` trials trained twice as long (the same trial-epochs),
-  exploiting and exploring every 2 epochs.
+- TPE + ASHA as shipped (``configs/tune.yaml``: its grace period and reduction factor), the same
+  number of trials, ASHA stopping the weak ones, early-stopped trials told to Optuna as pruned;
+- PBT: a population of ``--trials`` trials of ``--epochs`` epochs (the same trial-epochs as
+  random), synchronous, exploiting and exploring every ``--pbt-interval`` epochs.
 
-2 concurrent trials on 2 CPUs. For each search seed, random search's final best val L1 is the
-target; reported: (a) trial-epochs (in report order across trials) until any trial of a method
-reached it, (b) each method's best val L1 once it has spent as many trial-epochs as the method
-that spent the fewest, and at its end, (c) the condition fidelity of each method's best model.
+2 concurrent trials on 2 CPUs; each trial may be retried once from its checkpoint. For each
+search seed, random search's final best val L1 is the target; reported: (a) trial-epochs (in
+report order across trials) until any trial of a method reached it, (b) each method's best val
+L1 once it has spent as many trial-epochs as the method that spent the fewest, and at its end,
+(c) the condition fidelity of each method's best model, (d) errored trials.
+
+Rank correlation: in each random search (no trial stopped), the Spearman correlation between the
+trials' val L1 at epoch e and their final val L1, for every e; ASHA can only stop the right
+trials at a rung where it is high. Budget-to-target curves (best val L1 so far against
+trial-epochs spent, mean and range over the seeds) are drawn to ``--plot``.
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -26,104 +34,173 @@ import pandas as pd
 from colorjob import config as cfgmod
 from colorjob import synth
 from colorjob.cluster import connect
-from colorjob.tune import TuneConfig, build_tuner, prepare_data
+from colorjob.tune import TuneConfig, build_tuner, milestones, prepare_data
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def search(cfg: TuneConfig) -> pd.DataFrame:
+def search(cfg: TuneConfig) -> tuple[pd.DataFrame, int]:
+    """Every report of the search in report order (``spent``: trial-epochs so far,
+    ``best_so_far``), and how many trials errored."""
     results = build_tuner(prepare_data(cfg)).fit()
     frames = [r.metrics_dataframe for r in results if r.metrics_dataframe is not None]
     reports = pd.concat(frames).sort_values("reported_at").reset_index(drop=True)
-    reports["spent"] = range(1, len(reports) + 1)  # trial-epochs so far
+    reports["spent"] = range(1, len(reports) + 1)
     reports["best_so_far"] = reports["val_l1"].cummin()
-    return reports
+    return reports, sum(r.error is not None for r in results)
+
+
+def shipped_asha() -> dict:
+    import yaml
+
+    s = yaml.safe_load((ROOT / "configs" / "tune.yaml").read_text(encoding="utf-8"))["scheduler"]
+    return {"asha": True, "grace_period": s["grace_period"], "reduction_factor": s["reduction_factor"]}  # fmt: skip
 
 
 def methods(a) -> dict:
-    half = max(2, a.trials // 2)
     return {
-        "random search": {
-            "searcher": "random",
-            "num_samples": a.trials,
-            "scheduler": {"asha": False},
-            "epochs": a.epochs,
-        },  # fmt: skip
-        "TPE + ASHA": {
-            "searcher": "optuna",
-            "num_samples": a.trials,
-            "scheduler": {"asha": True, "grace_period": 2, "reduction_factor": 2},
-            "epochs": a.epochs,
-        },  # fmt: skip
+        "random search": {"searcher": "random", "scheduler": {"asha": False}},
+        "TPE + ASHA": {"searcher": "optuna", "scheduler": shipped_asha()},
         "PBT": {
             "searcher": "random",
-            "num_samples": half,
-            "scheduler": {"pbt": {"perturbation_interval": 2, "quantile_fraction": 0.5}},
-            "epochs": a.epochs * a.trials // half,
+            "scheduler": {
+                "pbt": {"perturbation_interval": a.pbt_interval, "quantile_fraction": 0.25}
+            },
         },  # fmt: skip
     }
+
+
+def rank_correlation(reports: pd.DataFrame, epochs: int) -> pd.Series:
+    """Spearman correlation, over the trials that ran every epoch, between the val L1 at each
+    epoch and the final one."""
+    by_epoch = reports.pivot_table(index="trial_id", columns="epoch", values="val_l1")
+    full = by_epoch.dropna()
+    final = full[epochs]
+    return pd.Series(
+        {e: full[e].corr(final, method="spearman") for e in full.columns if e < epochs},
+        name="spearman",
+    )
+
+
+def plot_curves(
+    curves: dict, methods_: list[str], seeds: list[int], path: Path, title: str
+) -> None:
+    """Best val L1 so far against trial-epochs: mean over seeds, the range shaded; random
+    search's final best (mean) as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    longest = max(len(r) for r in curves.values())
+    x = np.arange(1, longest + 1)
+    for name in methods_:
+        ys = []
+        for s in seeds:
+            b = curves[(name, s)].set_index("spent")["best_so_far"]
+            ys.append(b.reindex(x).ffill().where(x <= b.index.max()).to_numpy())
+        ys = np.array(ys, dtype=float)
+        mean = np.nanmean(ys, axis=0)
+        line = ax.plot(x, mean, label=name)[0]
+        ax.fill_between(x, np.nanmin(ys, axis=0), np.nanmax(ys, axis=0), color=line.get_color(), alpha=0.15)  # fmt: skip
+    target = np.mean([curves[("random search", s)]["val_l1"].min() for s in seeds])
+    ax.axhline(target, ls="--", color="grey", lw=1, label="random search's final best (mean)")
+    ax.set_xlabel("trial-epochs spent")
+    ax.set_ylabel("best validation L1 so far")
+    ax.set_title(title, fontsize=9)
+    lo = min(np.nanmin(r["best_so_far"]) for r in curves.values())
+    first = np.median([r["best_so_far"].iloc[min(10, len(r) - 1)] for r in curves.values()])
+    ax.set_ylim(lo - 0.1 * (first - lo), first)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--trials", type=int, default=8)
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--trials", type=int, default=24)
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--pbt-interval", type=int, default=3, help="PBT: epochs between perturbations")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--ngf", type=int, default=16)
     p.add_argument("--sketches", type=int, default=10)
     p.add_argument("--seed", type=int, default=0, help="data seed and first search seed")
     p.add_argument("--repeats", type=int, default=3, help="search seeds")
+    p.add_argument("--plot", default=str(ROOT / "docs" / "images" / "search_budget.png"))
     a = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="colorjob-search-"))
     data = synth.generate(tmp / "data", a.sketches, seed=a.seed, size=a.image_size)
     connect(log_to_driver=False, num_cpus=2)
-    rows, curves = [], {}
-    for rep in range(a.repeats):
-        seed = a.seed + rep
+    rows, curves, correlations = [], {}, {}
+    seeds = [a.seed + rep for rep in range(a.repeats)]
+    t0 = time.perf_counter()
+    for seed in seeds:
         for name, m in methods(a).items():
             cfg = cfgmod.from_dict(
                 TuneConfig,
                 {
                     "name": f"{name.split()[0].lower()}-{seed}", "storage_path": str(tmp / "results"),
-                    "num_samples": m["num_samples"], "max_concurrent_trials": 2, "resources": {"cpu": 1},
-                    "searcher": m["searcher"], "seed": seed, "scheduler": m["scheduler"], "max_failures": 0,
+                    "num_samples": a.trials, "max_concurrent_trials": 2, "resources": {"cpu": 1},
+                    "searcher": m["searcher"], "seed": seed, "scheduler": m["scheduler"], "max_failures": 1,
                     "train": {"data": str(data), "image_size": a.image_size, "ngf": a.ngf, "ndf": a.ngf,
-                              "epochs": m["epochs"], "batch_size": 8, "checkpoint_every": 2, "seed": a.seed},
+                              "epochs": a.epochs, "batch_size": 8, "checkpoint_every": a.epochs,
+                              "sample_every": a.epochs, "seed": a.seed},
                 },
             )  # fmt: skip
-            curves[(name, seed)] = search(cfg)
+            t = time.perf_counter()
+            curves[(name, seed)], errored = search(cfg)
+            r = curves[(name, seed)]
+            print(f"[{time.perf_counter() - t0:.0f}s] {name}, seed {seed}: {len(r)} trial-epochs, best {r['val_l1'].min():.4f}, "
+                  f"{errored} errored, {time.perf_counter() - t:.0f}s", flush=True)  # fmt: skip
+            rows.append({"method": name, "search seed": seed, "errored trials": errored})
+        correlations[seed] = rank_correlation(curves[("random search", seed)], a.epochs)
+    target_rows = []
+    for seed in seeds:
         target = curves[("random search", seed)]["val_l1"].min()
         budget = min(len(curves[(n, seed)]) for n in methods(a))
         for name in methods(a):
             r = curves[(name, seed)]
             hit = r.index[r["val_l1"] <= target]
             best = r.loc[r["val_l1"].idxmin()]
-            rows.append({
+            target_rows.append({
                 "method": name, "search seed": seed, "trial-epochs": len(r),
                 "to random's best": int(r.loc[hit[0], "spent"]) if len(hit) else None,
-                f"best at {budget} trial-epochs": r.loc[budget - 1, "best_so_far"],
+                "best at equal trial-epochs": r.loc[budget - 1, "best_so_far"],
                 "best val L1": best["val_l1"], "its fidelity": best.get("val_fidelity"),
             })  # fmt: skip
-    table = pd.DataFrame(rows)
-    budget_col = [c for c in table.columns if c.startswith("best at")]
-    table["best at equal trial-epochs"] = table[budget_col].bfill(axis=1).iloc[:, 0]
-    table = table.drop(columns=budget_col)
+    table = pd.DataFrame(target_rows).merge(pd.DataFrame(rows), on=["method", "search seed"])
+    asha = shipped_asha()
+    rungs = milestones(cfgmod.from_dict(TuneConfig, {"scheduler": asha, "train": {"epochs": a.epochs}}))  # fmt: skip
     print(f"\n{a.sketches} characters at {a.image_size} px, ngf {a.ngf}; {a.trials} trials x {a.epochs} epochs "
-          f"(PBT: {max(2, a.trials // 2)} x {a.epochs * a.trials // max(2, a.trials // 2)}); 2 concurrent trials")  # fmt: skip
+          f"per method; ASHA grace {asha['grace_period']} / factor {asha['reduction_factor']} (rungs at epochs {rungs}); "
+          f"PBT every {a.pbt_interval} epochs; 2 concurrent trials; {time.perf_counter() - t0:.0f} s in all")  # fmt: skip
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    mean = table.groupby("method", sort=False)[["trial-epochs", "to random's best", "best at equal trial-epochs", "best val L1", "its fidelity"]].mean()  # fmt: skip
-    print("\nmean over search seeds:")
+    mean = table.groupby("method", sort=False)[["trial-epochs", "to random's best", "best at equal trial-epochs", "best val L1", "its fidelity", "errored trials"]].mean()  # fmt: skip
+    print("\nmean over search seeds (to random's best: over the seeds that got there):")
     print(mean.to_string(float_format=lambda v: f"{v:.4f}"))
-    base = mean.loc["random search", "to random's best"]
+    base = table[table["method"] == "random search"].set_index("search seed")
     for name in ("TPE + ASHA", "PBT"):
-        ratio = mean.loc[name, "to random's best"] / base
-        wins = sum(
-            table[(table["method"] == name) & (table["search seed"] == s)]["best at equal trial-epochs"].item()
-            < table[(table["method"] == "random search") & (table["search seed"] == s)]["best at equal trial-epochs"].item()
-            for s in table["search seed"].unique()
-        )  # fmt: skip
-        print(f"{name}: {ratio:.2f}x random search's trial-epochs to its final best (goal <= 0.5x); "
-              f"lower best at equal trial-epochs on {wins}/{table['search seed'].nunique()} seeds")  # fmt: skip
+        mine = table[table["method"] == name].set_index("search seed")
+        ratios = (mine["to random's best"] / base["to random's best"]).fillna(float("inf"))
+        wins = int((mine["best at equal trial-epochs"] < base["best at equal trial-epochs"]).sum())
+        shown = " / ".join("never" if r == float("inf") else f"{r:.2f}x" for r in ratios)
+        print(f"{name}: {shown} random search's trial-epochs to its final best (per seed; mean "
+              f"{ratios.mean():.2f}x, goal <= 0.5x); lower best at equal trial-epochs on {wins}/{len(seeds)} seeds")  # fmt: skip
+    corr = pd.DataFrame(correlations)
+    corr["mean"] = corr.mean(axis=1)
+    corr.index.name = "epoch"
+    print(f"\nSpearman rank correlation of val L1 at an epoch with the final val L1 (random search, trials that ran all {a.epochs} epochs):")  # fmt: skip
+    print(corr.T.to_string(float_format=lambda v: f"{v:.2f}"))
+    plot_curves(curves, list(methods(a)), seeds, Path(a.plot),
+                f"{a.trials} trials x {a.epochs} epochs per method, {a.image_size} px, {len(seeds)} search seeds (mean, range shaded)")  # fmt: skip
+    print(f"\ncurves: {a.plot}")
 
 
 if __name__ == "__main__":
