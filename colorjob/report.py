@@ -2,7 +2,8 @@
 
 ``write_report(out, ...)`` copies the pictures into ``out/report_files/`` and writes
 ``out/report.html``: the dataset's contact sheet, the trials table and curves, the best model's
-metrics and samples, the batch contact sheet and manifest summary. Open it in any browser; no
+metrics and samples, the batch contact sheet, manifest summary and what was measured on
+its outputs. Open it in any browser; no
 network, no scripts from elsewhere. A few lines of inline script record (in ``data-*`` attributes
 of ``<body>``) whether every image loaded, so a headless browser can check the page.
 """
@@ -73,13 +74,24 @@ def _cards(items: list[tuple[str, str, str]]) -> str:
     )
 
 
+def _values(column: pd.Series, shown: int = 12) -> str:
+    """An attribute's values, named ones listed, ``#rrggbb`` colours counted."""
+    values = sorted(column.astype(str).unique())
+    hexes = [v for v in values if v.startswith("#")]
+    names = [v for v in values if not v.startswith("#")]
+    listed = ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")  # fmt: skip
+    if hexes:
+        listed += (" and " if listed else "") + f"{len(hexes)} #rrggbb colours"
+    return listed
+
+
 def dataset_section(files: Path, dataset: Path) -> list[str]:
     from colorjob.data import read_metadata
 
     meta = read_metadata(dataset)
     attrs = [c for c in meta.columns if c not in ("input", "output")]
     sketches = meta["input"].nunique()
-    values = "; ".join(f"{a} ({', '.join(sorted(meta[a].unique()))})" for a in attrs)
+    values = "; ".join(f"{a} ({_values(meta[a])})" for a in attrs)
     return [
         "<h2>Dataset</h2>",
         f"<p>{sketches} sketches × {len(meta) // max(1, sketches)} colourings = {len(meta)} pairs; "
@@ -113,7 +125,7 @@ def model_section(files: Path, model_dir: Path) -> list[str]:
         ("PSNR (dB)", f"{m.get('val_psnr', float('nan')):.2f}", "ok"),
         ("condition fidelity", "n/a" if fid is None else f"{fid:.0%}", "ok"),
         ("epoch", str(m.get("epoch", "?")), "ok"),
-    ]
+    ] + colouring_cards(m, "val_")
     return [
         "<h2>Best model</h2>",
         _cards(cards),
@@ -125,8 +137,33 @@ def model_section(files: Path, model_dir: Path) -> list[str]:
     ]
 
 
-def batch_section(files: Path, batch_dir: Path, fidelity: float | None = None) -> list[str]:
-    manifest = pd.read_parquet(batch_dir / "manifest.parquet")
+def colouring_cards(m: dict, prefix: str = "") -> list[tuple[str, str, str]]:
+    """Cards for the colouring metrics present in ``m`` (keys as :mod:`colorjob.metrics` names
+    them, after ``prefix``): pixel accuracy and ΔE per attribute, background leak, lines kept."""
+    cards = []
+    for key, v in m.items():
+        if v is None or not key.startswith(prefix):
+            continue
+        k = key.removeprefix(prefix)
+        if k.startswith("acc_"):
+            cards.append((f"{k[4:]} pixels in the asked colour", f"{v:.1%}", "ok" if v >= 0.9 else "bad"))  # fmt: skip
+        elif k.startswith("de_") and k.endswith("_median"):
+            p95 = m.get(f"{prefix}{k.removesuffix('_median')}_p95")
+            shown = f"{v:.1f}" + ("" if p95 is None else f" / {p95:.1f}")
+            cards.append((f"{k[3:-7]} ΔE2000 median / p95", shown, "ok" if v <= 10 else "bad"))
+    if m.get(f"{prefix}leak") is not None:
+        v = m[f"{prefix}leak"]
+        cards.append(("background changed (leak)", f"{v:.1%}", "ok" if v <= 0.02 else "bad"))
+    if m.get(f"{prefix}lines") is not None:
+        v = m[f"{prefix}lines"]
+        cards.append(("line pixels kept", f"{v:.1%}", "ok" if v >= 0.98 else "bad"))
+    return cards
+
+
+def batch_section(files: Path, batch_dir: Path, measured: dict | None = None) -> list[str]:
+    """``measured``: :func:`colorjob.evaluate.metrics_of_files` of the outputs, when the
+    sketches' masks are known."""
+    manifest = pd.read_parquet(batch_dir / "manifest")
     counts = manifest["status"].value_counts()
     summary = (
         manifest.groupby("status")
@@ -136,8 +173,10 @@ def batch_section(files: Path, batch_dir: Path, fidelity: float | None = None) -
     failed = manifest[manifest["status"] == "failed"].drop_duplicates("input")[["input", "error"]]
     statuses = ("ok", "skipped", "failed")
     cards = [(k, str(int(counts.get(k, 0))), "bad" if k == "failed" else "ok") for k in statuses]
-    if fidelity is not None:  # measured on the outputs, from the new characters' masks
+    if measured:  # measured on the outputs, from the new characters' masks
+        fidelity = measured["fidelity"]
         cards.append(("condition fidelity on these characters", f"{fidelity:.1%}", "ok" if fidelity >= 0.95 else "bad"))  # fmt: skip
+        cards += colouring_cards(measured)
     return [
         "<h2>Batch colorization</h2>",
         _cards(cards),
@@ -159,13 +198,14 @@ def write_report(
     trials_png: Path | None = None,
     model_dir: Path | None = None,
     batch_dir: Path | None = None,
-    batch_fidelity: float | None = None,
+    batch_metrics: dict | None = None,
     notes: list[str] | None = None,
 ) -> Path:
     """Write ``out/report.html`` (and ``out/report_files/``); returns the page's path.
 
     Each section is shown when its input exists: the dataset, the search (trials.csv), the
-    best model (model.json) and the batch run (manifest.parquet).
+    best model (model.json) and the batch run (its ``manifest/``); ``batch_metrics``: what
+    :func:`colorjob.evaluate.metrics_of_files` measured on the batch's outputs.
     """
     out = Path(out)
     files = out / "report_files"
@@ -182,8 +222,8 @@ def write_report(
         parts += search_section(files, Path(trials_csv), trials_png)
     if model_dir is not None and (Path(model_dir) / "model.json").is_file():
         parts += model_section(files, Path(model_dir))
-    if batch_dir is not None and (Path(batch_dir) / "manifest.parquet").is_file():
-        parts += batch_section(files, Path(batch_dir), batch_fidelity)
+    if batch_dir is not None and (Path(batch_dir) / "manifest").is_dir():
+        parts += batch_section(files, Path(batch_dir), batch_metrics)
     page = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"

@@ -13,12 +13,15 @@ def build_parser(prog: str = "colorjob batch"):
         prog,
         "Colour every sketch under --input in every variant of the --conditions grid with a trained "
         "generator: in this process on one machine, on Ray Data on a cluster. Writes one image per "
-        "(sketch, variant), manifest.parquet and contact_sheet.png to --output. Rerunning skips "
-        "what the same model already made for the same values from the same sketch.",
+        "(sketch, variant) at the sketch's own size, its lines kept over the colours (or one tar "
+        "per shard with --layout shards), manifest/ (Parquet) and contact_sheet.png to --output. "
+        "Rerunning skips what the same model already made for the same values from the same sketch.",
         "grid.csv: one column per condition attribute of the model (e.g. hair,shirt) and an "
-        "optional name column for the output file names; configs/grid.csv has all 25 seed "
-        "combinations. More keys (--set): executor, workers, placement, actors, precision, "
-        "max_pixels, min_side, follow_links.",
+        "optional name column for the output file names; a colour model takes #rrggbb values and "
+        "its colour names (v1,#7f3fbf,red); configs/grid.csv has the 25 named combinations. More "
+        "keys (--set): mode (composite: the sketch's lines over the colours, default; layers: also "
+        "<name>.layer.png, the colours alone with their coverage; raw: the generator's picture), "
+        "shards, executor, workers, placement, actors, precision, max_pixels, min_side, follow_links.",
     )
     cli.flag(p, "--input", "input", help="folder (or URI) of sketches, searched recursively; or one image")  # fmt: skip
     cli.flag(p, "--conditions", "conditions", help="grid CSV: one row per colour variant")

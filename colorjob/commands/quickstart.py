@@ -12,7 +12,7 @@ def build_parser(prog: str = "colorjob quickstart"):
     p.add_argument("--sketches", type=int, default=12, help="characters in the training set (default 12)")  # fmt: skip
     p.add_argument("--trials", type=int, default=4, help="search trials (default 4)")
     p.add_argument("--epochs", type=int, default=2, help="epochs per trial at most (default 2)")
-    p.add_argument("--tiny", action="store_true", help="a one-minute smoke run (32 px, 2 trials, 2 epochs)")  # fmt: skip
+    p.add_argument("--tiny", action="store_true", help="a smoke run from scratch (32 px, 4 characters, 2 trials, 2 epochs): the steps, not the model")  # fmt: skip
     return p
 
 
