@@ -1,3 +1,3 @@
 """colorjob: conditional sketch colorization — train, tune and batch-render on Ray."""
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"

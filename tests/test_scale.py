@@ -120,7 +120,7 @@ def test_a_killed_worker_restarts_the_group_from_its_checkpoint_with_the_run_fol
     metrics = train_on_ray(cfg, workers=2)
     watcher.join(timeout=5)
     assert killed, "no Ray Train worker was found to kill"
-    (at, pid), = killed
+    ((at, pid),) = killed
     assert metrics["epoch"] == 10
     history = pd.read_csv(out / "metrics.csv")
     assert list(history["epoch"]) == list(range(1, 11))
