@@ -366,25 +366,38 @@ def resilient_pbt(**kwargs):
     from ray.tune.schedulers import PopulationBasedTraining
 
     class ResilientPBT(PopulationBasedTraining):
+        def on_trial_result(self, tune_controller, trial, result):
+            if self._synch:
+                self._count_failed_as_arrived(tune_controller)
+            return super().on_trial_result(tune_controller, trial, result)
+
         def choose_trial_to_run(self, tune_controller):
             trial = super().choose_trial_to_run(tune_controller)
             if trial is None and self._synch and self._stalled(tune_controller):
-                waiting = [t for t in tune_controller.get_live_trials() if t.status == Trial.PAUSED]
-                t = waiting[0]
                 log.warning("a member of the population failed for good; it goes on without it")
-                self.on_trial_result(tune_controller, t, self._trial_state[t].last_result)
+                self._count_failed_as_arrived(tune_controller)
+                waiting = [t for t in tune_controller.get_trials() if t.status == Trial.PAUSED]
+                self.on_trial_result(tune_controller, waiting[0], self._trial_state[waiting[0]].last_result)  # fmt: skip
                 trial = super().choose_trial_to_run(tune_controller)
             return trial
 
+        def _count_failed_as_arrived(self, tune_controller) -> None:
+            """A failed member stays among Ray's live trials and never reaches the point the
+            population waits at: count it as there (it is never in a quantile: it is finished)."""
+            for t in tune_controller.get_trials():
+                if t.status == Trial.ERROR and t in self._trial_state:
+                    state = self._trial_state[t]
+                    state.last_train_time = max(state.last_train_time, self._next_perturbation_sync)
+
         def _stalled(self, tune_controller) -> bool:
-            """Nothing runs or waits to start, every live member is paused at the point, and
-            a member failed: the report the population waits for will never come."""
+            """Nothing runs or waits to start, every member still alive is paused at the point,
+            and a member failed: the report the population waits for will never come."""
             trials = tune_controller.get_trials()
-            live = [t for t in tune_controller.get_live_trials() if t in self._trial_state]
+            members = [t for t in trials if t in self._trial_state and t.status not in (Trial.ERROR, Trial.TERMINATED)]  # fmt: skip
             return (
                 any(t.status == Trial.ERROR for t in trials)
-                and bool(live)
-                and all(t.status == Trial.PAUSED and self._trial_state[t].last_result is not None for t in live)
+                and bool(members)
+                and all(t.status == Trial.PAUSED and self._trial_state[t].last_result is not None for t in members)
             )  # fmt: skip
 
     return ResilientPBT(**kwargs)

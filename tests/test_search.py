@@ -64,21 +64,33 @@ def _reports(exp: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_pbt_exploits_from_checkpoints_and_the_best_model_records_its_schedule(
-    local_ray, tmp_path, chars
-):
-    best = run(cfgmod.from_dict(TuneConfig, pbt_spec(tmp_path, chars)))
-    exp = tmp_path / "results" / "pbt"
+@pytest.fixture(scope="module")
+def pbt_every_epoch(local_ray, tmp_path_factory, chars):
+    """One PBT search shared by the tests below: 2 members, 20 epochs, a perturbation every
+    epoch (the weaker member takes over the other's checkpoint), the background writer on."""
+    tmp = tmp_path_factory.mktemp("pbt")
+    spec = pbt_spec(tmp, chars, num_samples=2, max_concurrent_trials=2,
+                    scheduler={"pbt": {"perturbation_interval": 1, "quantile_fraction": 0.5, "resample_probability": 0.5}},
+                    train={"epochs": 20, "checkpoint_every": 1})  # fmt: skip
+    best = run(cfgmod.from_dict(TuneConfig, spec))
+    return tmp, tmp / "results" / "pbt", best
+
+
+@pytest.mark.slow
+def test_pbt_exploits_from_checkpoints_and_the_best_model_records_its_schedule(pbt_every_epoch):
+    _, exp, best = pbt_every_epoch
     reports = _reports(exp)
     exploited = reports[reports["parent"].fillna("") != ""]
-    assert len(exploited) >= 1, "no trial copied another's checkpoint"
+    assert len(exploited) >= 5, "no trial copied another's checkpoint, or hardly"
     scratch = reports[reports["epoch"] == 1]["g_l1"].mean()
     for r in exploited.itertuples():  # it continues from the donor's state, not from scratch
         donor = reports[(reports["trial_id"] == r.parent) & (reports["epoch"] == r.epoch - 1)]
         assert r.epoch > 1 and len(donor) == 1
         assert abs(r.g_l1 - donor["g_l1"].item()) < abs(r.g_l1 - scratch)
     table = pd.read_csv(exp / "trials.csv")
-    assert len(table) == 4 and (table["epochs"] == 4).all()
+    assert (
+        len(table) == 2 and (table["status"] == "completed").all() and (table["epochs"] == 20).all()
+    )
     info = read_model_info(best)
     schedule = info["schedule"]
     assert [s["epoch"] for s in schedule] == list(range(1, info["metrics"]["epoch"] + 1))
@@ -120,20 +132,15 @@ def test_an_interrupted_pbt_search_resumes(tmp_path, chars):
 
 
 @pytest.mark.slow
-def test_pbt_exploiting_every_epoch_leaves_checkpoints_that_all_restore(local_ray, tmp_path, chars):
-    """20 epochs, a perturbation every epoch, the background writer on: every checkpoint the
-    experiment kept makes its run folder again, and its best/ is the best generator it names."""
+def test_pbt_exploiting_every_epoch_leaves_checkpoints_that_all_restore(pbt_every_epoch):
+    """Every checkpoint the experiment kept makes its run folder again, and its best/ is the
+    best generator it names."""
     from colorjob import checkpoint, runfolder
     from colorjob.export import model_id, read_model, weights_file
 
-    spec = pbt_spec(tmp_path, chars, scheduler={"pbt": {"perturbation_interval": 1, "quantile_fraction": 0.5, "resample_probability": 0.5}},
-                    train={"epochs": 20, "checkpoint_every": 1})  # fmt: skip
-    run(cfgmod.from_dict(TuneConfig, spec))
-    exp = tmp_path / "results" / "pbt"
-    reports = _reports(exp)
-    assert (reports["parent"].fillna("") != "").sum() >= 5  # it did exploit, many times
+    tmp_path, exp, _ = pbt_every_epoch
     kept = sorted(exp.glob("*/checkpoint_*/last.pt"))
-    assert len(kept) >= 8
+    assert len(kept) >= 4  # Tune keeps a PBT trial's last 4
     for last in kept:
         state = checkpoint.load(last)
         out = tmp_path / "again" / last.parent.parent.name / last.parent.name
@@ -143,8 +150,6 @@ def test_pbt_exploiting_every_epoch_leaves_checkpoints_that_all_restore(local_ra
             meta, _ = read_model(out / "best")
             assert meta["model_id"] == model_id(weights_file(best))
             assert meta["metrics"]["epoch"] == state["best"]["epoch"] <= state["epoch"]
-    table = pd.read_csv(exp / "trials.csv")
-    assert (table["status"] == "completed").all() and (table["epochs"] == 20).all()
 
 
 @pytest.mark.slow
@@ -155,21 +160,20 @@ def test_a_pbt_member_that_fails_for_good_does_not_stall_the_population(local_ra
 
     from ray._private.state import actors
 
-    spec = pbt_spec(tmp_path, chars, train={"epochs": 8})
+    spec = pbt_spec(tmp_path, chars, train={"epochs": 6})
     exp = tmp_path / "results" / "pbt"
     killed = []
 
     def kill_one():
         deadline = time.time() + 300
-        while time.time() < deadline:
+        while time.time() < deadline and not killed:  # a member that has reported, caught alive
             reports = _reports(exp) if exp.exists() else pd.DataFrame()
-            if len(reports) and (reports["epoch"] >= 3).any():
-                break
-            time.sleep(0.2)
-        live = [a["Pid"] for a in actors().values() if a["State"] == "ALIVE" and "ImplicitFunc" in a["ActorClassName"]]  # fmt: skip
-        if live:
-            os.kill(live[0], signal.SIGKILL)
-            killed.append(live[0])
+            if len(reports) and (reports["epoch"] >= 2).any():
+                live = [a["Pid"] for a in actors().values() if a["State"] == "ALIVE" and "ImplicitFunc" in a["ActorClassName"]]  # fmt: skip
+                if live:
+                    os.kill(live[0], signal.SIGKILL)
+                    killed.append(live[0])
+            time.sleep(0.05)
 
     watcher = threading.Thread(target=kill_one, daemon=True)
     watcher.start()
@@ -179,5 +183,5 @@ def test_a_pbt_member_that_fails_for_good_does_not_stall_the_population(local_ra
     table = pd.read_csv(exp / "trials.csv")
     failed = table[table["status"] == "failed"]
     assert len(failed) == 1 and failed["error"].str.len().iloc[0] > 0
-    assert ((table["status"] == "completed") & (table["epochs"] == 8)).sum() == 3
+    assert ((table["status"] == "completed") & (table["epochs"] == 6)).sum() == 3
     assert best is not None
