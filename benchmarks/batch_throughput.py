@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -283,8 +284,8 @@ def main() -> None:
             inp = tmp / f"in-{k}"
             if not inp.exists():
                 inp.mkdir()
-                for s in all_sketches[:k]:
-                    (inp / s.name).symlink_to(s)
+                for s in all_sketches[:k]:  # copies: batch follows no link out of its input
+                    shutil.copyfile(s, inp / s.name)
             run = tmp / f"run-{kind}-{images}"
             batch = [py, "-m", "colorjob.batch", "--input", str(inp), "--conditions", str(GRID_CSV),
                      "--model", model, "--set", "contact_sheet=false", "-q"]  # fmt: skip
@@ -309,7 +310,7 @@ def main() -> None:
         naive_in.mkdir(exist_ok=True)
         for s in all_sketches[: a.naive_sketches]:
             if not (naive_in / s.name).exists():
-                (naive_in / s.name).symlink_to(s)
+                shutil.copyfile(s, naive_in / s.name)
         n = a.naive_sketches * 25
         t_naive = fresh([py, __file__, "--loop", "naive", "--model", model, "--input", str(naive_in), "--out", str(tmp / f"naive-{kind}")])  # fmt: skip
         good_rate = next((r["img/s"] for r in reversed(rows) if r["model"] == kind and r["way"] == "good plain loop"), None)  # fmt: skip

@@ -29,6 +29,11 @@ def cluster():
         str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
         f"--port={free_port()}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dash}", "--num-cpus=2", "--disable-usage-stats",
+        # ports of its own: the tests' in-process Ray may hold Ray's default agent ports, and a
+        # job agent that cannot bind never registers ("No available agent to submit job")
+        f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+        f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+        f"--ray-client-server-port={free_port()}",
     ]  # fmt: skip
     # --block keeps `ray start` in the foreground; in a session of its own, its process group
     # holds this cluster's processes and nothing else.
@@ -72,7 +77,7 @@ def submit(env: dict, address: str, entrypoint: list[str]) -> None:
         str(ROOT),
         "--",
     ]
-    for _ in range(30):  # the job agent on the node registers a little after the job server
+    for _ in range(15):  # the job agent on the node registers a little after the job server
         r = subprocess.run([*cmd, *entrypoint], env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
         out = r.stdout + r.stderr
         if "No available agent to submit job" not in out:
