@@ -36,7 +36,7 @@ from colorjob import storage
 from colorjob.batch import ledger
 from colorjob.batch.listing import shard_name
 from colorjob.batch.names import sketch_key
-from colorjob.batch.stages import Spec, layer_path
+from colorjob.batch.spec import Spec, layer_path
 
 BLOCK_IMAGES = 64  # images per block of work (and per progress part)
 DECISION = pa.schema(

@@ -28,12 +28,12 @@ import hashlib
 import io
 import json
 import time
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, PngImagePlugin
 
 from colorjob import storage
+from colorjob.batch.spec import Spec, layer_path
 from colorjob.errors import ColorjobError
 from colorjob.imaging import letterbox, load_rgb, unletterbox
 
@@ -48,32 +48,6 @@ FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 class OutputStorageError(ColorjobError, OSError):
     """The output location cannot take more (full, over quota, read-only)."""
-
-
-@dataclass(frozen=True)
-class Spec:
-    """Everything a worker needs besides the model and its block (small, picklable)."""
-
-    input_root: str  # a path or URI every worker can resolve
-    output_root: str
-    work_root: str  # where decisions, tar pieces and results of this run go
-    fmt: str
-    size: int  # the model's square side
-    max_pixels: int
-    min_side: int
-    batch_size: int
-    precision: str
-    run_id: str
-    model_id: str
-    conditions: tuple[tuple[int, ...], ...]  # per variant: the condition codes
-    values: tuple[str, ...]  # per variant: the values as canonical JSON
-    variants: tuple[str, ...] = ()  # per variant: its name (in file names)
-    attrs: tuple[str, ...] = ()  # the attributes, in the vocabulary's order
-    attr_values: tuple[tuple[str, ...], ...] = ()  # per variant: the values as the grid wrote them
-    layout: str = "mirror"
-    output: str = "raw"
-    overwrite: bool = False
-    estimated_layer: bool = False  # the model has no coverage head (its layers are estimated)
 
 
 def parse_block(batch: dict) -> list[tuple[str, int, int, list[int], list[str]]]:
@@ -249,12 +223,6 @@ def estimated_layer(rgb: np.ndarray, sketch: np.ndarray) -> np.ndarray:
     colour, coverage = layer_from_rgb(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float(), torch.from_numpy(np.ascontiguousarray(sketch)).permute(2, 0, 1)[None].float())  # fmt: skip
     out = torch.cat([colour, coverage * 255], 1)[0].permute(1, 2, 0)
     return out.round().clamp(0, 255).byte().numpy()
-
-
-def layer_path(out: str) -> str:
-    """Where an output's colour layer goes: ``a/cat__v.png`` -> ``a/cat__v.layer.png`` (variant
-    names never end in ``.layer``, so no output is another's layer)."""
-    return out.rsplit(".", 1)[0] + ".layer.png"
 
 
 def _fatal(e: BaseException, what: str) -> None:
