@@ -39,15 +39,38 @@ from colorjob.tune import TuneConfig, build_tuner, milestones, prepare_data
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def search(cfg: TuneConfig) -> tuple[pd.DataFrame, int]:
-    """Every report of the search in report order (``spent``: trial-epochs so far,
-    ``best_so_far``), and how many trials errored."""
-    results = build_tuner(prepare_data(cfg)).fit()
-    frames = [r.metrics_dataframe for r in results if r.metrics_dataframe is not None]
+def in_order(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Every report of a search in report order, with ``spent`` (trial-epochs so far) and
+    ``best_so_far``."""
     reports = pd.concat(frames).sort_values("reported_at").reset_index(drop=True)
     reports["spent"] = range(1, len(reports) + 1)
     reports["best_so_far"] = reports["val_l1"].cummin()
-    return reports, sum(r.error is not None for r in results)
+    return reports
+
+
+def search(cfg: TuneConfig) -> tuple[pd.DataFrame, int]:
+    """Run one search: its reports (:func:`in_order`) and how many trials errored."""
+    results = build_tuner(prepare_data(cfg)).fit()
+    frames = [r.metrics_dataframe for r in results if r.metrics_dataframe is not None]
+    return in_order(frames), sum(r.error is not None for r in results)
+
+
+DONE = "benchmark-done.json"  # written once a search has finished: what a rerun reads back
+
+
+def finished_search(exp: Path) -> tuple[pd.DataFrame, int] | None:
+    """A search this benchmark finished before (``DONE`` in its experiment folder), read back
+    from every trial's ``result.json``; None if there is none."""
+    import json
+
+    if not (exp / DONE).is_file():
+        return None
+    frames = []
+    for result in exp.glob("*/result.json"):
+        rows = [json.loads(x) for x in result.read_text().splitlines() if x.strip()]
+        if rows:
+            frames.append(pd.DataFrame(rows))
+    return in_order(frames), json.loads((exp / DONE).read_text())["errored"]
 
 
 def shipped_asha() -> dict:
@@ -134,9 +157,16 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="data seed and first search seed")
     p.add_argument("--repeats", type=int, default=3, help="search seeds")
     p.add_argument("--plot", default=str(ROOT / "docs" / "images" / "search_budget.png"))
+    p.add_argument(
+        "--workdir",
+        help="keep data and experiments here; a rerun with the same "
+        "arguments reads back the searches that finished and runs only the rest",
+    )
     a = p.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="colorjob-search-"))
-    data = synth.generate(tmp / "data", a.sketches, seed=a.seed, size=a.image_size)
+    tmp = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="colorjob-search-"))
+    data = tmp / "data"
+    if not (data / "metadata.csv").is_file():
+        data = synth.generate(data, a.sketches, seed=a.seed, size=a.image_size)
     connect(log_to_driver=False, num_cpus=2)
     rows, curves, correlations = [], {}, {}
     seeds = [a.seed + rep for rep in range(a.repeats)]
@@ -155,7 +185,11 @@ def main() -> None:
                 },
             )  # fmt: skip
             t = time.perf_counter()
-            curves[(name, seed)], errored = search(cfg)
+            done = finished_search(Path(cfg.storage_path) / cfg.name)
+            if done is None:
+                done = search(cfg)
+                (Path(cfg.storage_path) / cfg.name / DONE).write_text(f'{{"errored": {done[1]}}}')
+            curves[(name, seed)], errored = done
             r = curves[(name, seed)]
             print(f"[{time.perf_counter() - t0:.0f}s] {name}, seed {seed}: {len(r)} trial-epochs, best {r['val_l1'].min():.4f}, "
                   f"{errored} errored, {time.perf_counter() - t:.0f}s", flush=True)  # fmt: skip

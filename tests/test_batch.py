@@ -284,7 +284,7 @@ def recorded(out: Path) -> set[str]:
     )
 
 
-@pytest.mark.parametrize("executor", ["local", "ray"])
+@pytest.mark.parametrize("executor", ["local", pytest.param("ray", marks=pytest.mark.slow)])
 def test_a_job_killed_midway_and_rerun_ends_with_every_output_once(
     local_ray, tmp_path, chars, model, executor
 ):

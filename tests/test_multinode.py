@@ -64,7 +64,7 @@ def kill_when(condition, action, timeout: float = 300) -> threading.Thread:
     return t
 
 
-@pytest.mark.parametrize("layout", ["mirror", "shards"])
+@pytest.mark.parametrize("layout", [pytest.param("mirror", marks=pytest.mark.slow), "shards"])
 def test_batch_survives_losing_a_worker_node(cluster, tmp_path, chars, trained, layout):
     import tarfile
 
@@ -122,6 +122,7 @@ def test_batch_survives_losing_a_worker_node(cluster, tmp_path, chars, trained, 
     )
 
 
+@pytest.mark.slow
 def test_a_search_survives_losing_a_worker_node(cluster, tmp_path, chars):
     """The first trial's node dies mid-trial: Tune restarts that trial on the other node from its
     last checkpoint (not from epoch 1), and every trial of the search finishes."""

@@ -86,6 +86,7 @@ def submit(env: dict, address: str, entrypoint: list[str]) -> None:
     assert r.returncode == 0 and "succeeded" in out.lower(), out[-4000:]
 
 
+@pytest.mark.slow
 def test_ray_job_submit_runs_the_search(cluster, tmp_path, chars):
     env, address = cluster
     spec = {

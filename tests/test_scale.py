@@ -25,6 +25,7 @@ def shards(folder: Path) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_a_search_of_two_worker_trials_runs_from_the_command_line_with_asha(tmp_path, chars):
     """The issue's done-when command on a tiny dataset: its own private Ray with 2 CPUs, so the
     two-worker trials run one at a time. ASHA ends every trial by killing its actor (and with it
@@ -65,6 +66,7 @@ def test_a_search_of_two_worker_trials_runs_from_the_command_line_with_asha(tmp_
         assert a and b and not a & b and len(a) == len(b)
 
 
+@pytest.mark.slow
 def test_a_killed_worker_restarts_the_group_from_its_checkpoint_with_the_run_folder(
     local_ray, tiny_cfg, tmp_path
 ):

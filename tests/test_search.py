@@ -99,6 +99,7 @@ def test_pbt_exploits_from_checkpoints_and_the_best_model_records_its_schedule(p
     assert (exp / "trials.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_an_interrupted_pbt_search_resumes(tmp_path, chars):
     spec = pbt_spec(tmp_path, chars, train={"epochs": 4})
     path = tmp_path / "pbt.yaml"

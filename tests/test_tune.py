@@ -116,6 +116,7 @@ def _finished_trials(exp: Path, epochs: int) -> int:
     return n
 
 
+@pytest.mark.slow
 def test_interrupt_and_resume_runs_only_what_was_left(tmp_path, chars):
     spec = tiny(
         tmp_path,
