@@ -311,3 +311,22 @@ def test_placed_figures_end_above_the_edge_and_their_masks_cover_the_picture(tmp
         if masks["hair"].sum() > 8:  # mostly hair: its colour (edge pixels share some line)
             assert (np.abs(np.median(coloured[masks["hair"]], 0) - synth.HAIR_COLORS["ginger"]) <= 1).all()  # fmt: skip
     assert above >= 10  # a good share of the figures end above the canvas edge
+
+
+def test_the_command_takes_mode_as_a_flag_and_refuses_a_mode_given_as_the_output(tmp_path, capsys):
+    """`colorjob batch --mode layers` writes the layers; `--set output=layers` (the output
+    folder named like a mode) stops with the flag it meant, before any work."""
+    from colorjob.cli import main
+
+    model = _constant_layer_model(synth.vocabulary(), (30, 90, 200), 1.0, tmp_path)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.full((40, 40, 3), 255, np.uint8)).save(tmp_path / "in" / "cat.png")
+    grid = tmp_path / "grid.csv"
+    grid.write_text("hair,shirt\nblack,red\n")
+    common = ["batch", "--input", str(tmp_path / "in"), "--conditions", str(grid), "--model", model, "-q"]  # fmt: skip
+    assert main([*common, "--output", str(tmp_path / "out"), "--mode", "layers"]) == 0
+    assert (tmp_path / "out" / "cat__black_red.layer.png").is_file()
+    rc = main([*common, "--output", str(tmp_path / "o2"), "--set", "output=layers"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "did you mean mode=layers (--mode layers)" in err, err
+    assert not (tmp_path / "o2").exists()  # refused before any work

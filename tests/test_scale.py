@@ -132,7 +132,7 @@ def test_one_epoch_streamed_visits_the_same_pairs_as_one_in_memory(tiny_cfg, tmp
 
 
 PROBE = """
-import sys, threading, time
+import functools, sys, threading, time
 import psutil
 import colorjob.train as T
 
@@ -164,6 +164,8 @@ def watch():
             peak[0] = max(peak[0], pss())
         time.sleep(0.01)
 
+# validation decodes a chunk of sketches at a time: the same chunk for both sizes of dataset
+T.validate_streamed = functools.partial(T.validate_streamed, chunk=4)
 threading.Thread(target=watch, daemon=True).start()
 T.train(T.TrainConfig(data=sys.argv[1], out=sys.argv[2], image_size=32, ngf=8, ndf=8, epochs=1,
         batch_size=32, data_mode=sys.argv[3], loader_workers=1, eval_batch_size=256))

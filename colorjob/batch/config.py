@@ -44,6 +44,12 @@ class BatchConfig:
         for key in ("input", "conditions", "model", "output"):
             if not getattr(self, key).strip():
                 raise cfgmod.ConfigError(f"{key} must be a non-empty path or URI")
+        if self.output.strip() in ("auto", "composite", "layers", "raw"):
+            raise cfgmod.ConfigError(
+                f"output is the folder for the images, not what they hold: did you mean "
+                f"mode={self.output.strip()} (--mode {self.output.strip()})? For a folder of that "
+                f"name, write ./{self.output.strip()}"
+            )
         for key in ("max_pixels", "min_side", "threads_per_worker"):
             r(key, getattr(self, key), 1)
         r("batch_size", self.batch_size, 0)

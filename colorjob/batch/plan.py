@@ -59,7 +59,7 @@ def output_mode(cfg: BatchConfig, meta: dict) -> str:
     trained and validated on its raw pictures)."""
     if cfg.mode != "auto":
         if cfg.mode == "raw" and meta.get("out_channels") == 4:
-            raise BatchError(f"{cfg.model} paints colour layers: it has no raw picture; use --set mode=composite or mode=layers")  # fmt: skip
+            raise BatchError(f"{cfg.model} paints colour layers: it has no raw picture; use --mode composite or --mode layers")  # fmt: skip
         return cfg.mode
     return "raw" if meta.get("train_config", {}).get("output") == "raw" else "composite"
 

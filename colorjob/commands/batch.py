@@ -19,9 +19,7 @@ def build_parser(prog: str = "colorjob batch"):
         "grid.csv: one column per condition attribute of the model (e.g. hair,shirt) and an "
         "optional name column for the output file names; a colour model takes #rrggbb values and "
         "its colour names (v1,#7f3fbf,red); configs/grid.csv has the 25 named combinations. More "
-        "keys (--set): mode (composite: the sketch's lines over the colours, default; layers: also "
-        "<name>.layer.png, the colours alone with their coverage; raw: the generator's picture), "
-        "shards, executor, workers, placement, actors, precision, max_pixels, min_side, follow_links.",
+        "keys (--set): shards, executor, workers, placement, actors, precision, max_pixels, min_side, follow_links.",
     )
     cli.flag(p, "--input", "input", help="folder (or URI) of sketches, searched recursively; or one image")  # fmt: skip
     cli.flag(p, "--conditions", "conditions", help="grid CSV: one row per colour variant")
@@ -31,6 +29,7 @@ def build_parser(prog: str = "colorjob batch"):
     cli.flag(p, "--format", "format", choices=list(FORMATS), help="output image format (default png)")  # fmt: skip
     cli.flag(p, "--overwrite", "overwrite", action="store_true", default=None, help="redo outputs that are already done")  # fmt: skip
     cli.flag(p, "--fail-on-error", "fail_on_error", action="store_true", default=None, help="exit 1 if any input failed")  # fmt: skip
+    cli.flag(p, "--mode", "mode", choices=["auto", "composite", "layers", "raw"], help="composite: the sketch's own lines over the colours; layers: also <name>.layer.png, the colours alone as RGBA; raw: the generator's own picture; auto (default): composite unless the model was trained on its raw pictures")  # fmt: skip
     cli.flag(p, "--layout", "layout", choices=["mirror", "shards"], help="mirror: one file per output beside the sketch's path (default); shards: one WebDataset tar per shard")  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="list, plan and decide exactly as a run would, say what it would make and why, and write nothing")  # fmt: skip
     return p
