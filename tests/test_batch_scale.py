@@ -272,12 +272,19 @@ def test_an_interrupted_rerun_with_another_model_leaves_a_manifest_that_agrees_w
     cmd = [sys.executable, "-m", "colorjob", "batch", "--input", str(tmp_path / "in"), "--conditions",
            str(ROOT / "configs" / "grid.csv"), "--model", other_model, "--output", str(out),
            "--set", "executor=local", "--set", "workers=1"]  # fmt: skip
+    started = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def begun() -> bool:  # the other model has recorded outputs: a progress part, or a shard redone
+        ledger = out / ".colorjob" / "ledger"
+        return bool(list(ledger.rglob("progress-*.parquet"))) or any(
+            p.stat().st_mtime > started for p in ledger.rglob("part.parquet")
+        )
+
     try:
         deadline = time.time() + 300
-        progress = out / ".colorjob" / "ledger"
-        while time.time() < deadline and proc.poll() is None and not list(progress.rglob("progress-*.parquet")):  # fmt: skip
-            time.sleep(0.02)
+        while time.time() < deadline and proc.poll() is None and not begun():
+            time.sleep(0.01)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
     finally:
