@@ -49,7 +49,7 @@ def grid_csv(out: Path) -> Path:
 
 
 PRODUCTS = ("data", "search", "new", "colored", "report.html", "report_files")
-#: The shipped default's training families (its card), and the classic one for the tiny run.
+#: The shipped default's training families (its card); the tiny run draws the classic one.
 FAMILIES = ("bold", "fine", "minimal", "busy", "chibi", "icon", "sticker")
 #: Fine-tuning a trained model: smaller learning rates than training from scratch.
 SEARCH = {

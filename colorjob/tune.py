@@ -375,7 +375,6 @@ def resilient_pbt(**kwargs):
             trial = super().choose_trial_to_run(tune_controller)
             if trial is None and self._synch and self._stalled(tune_controller):
                 log.warning("a member of the population failed for good; it goes on without it")
-                self._count_failed_as_arrived(tune_controller)
                 waiting = [t for t in tune_controller.get_trials() if t.status == Trial.PAUSED]
                 self.on_trial_result(tune_controller, waiting[0], self._trial_state[waiting[0]].last_result)  # fmt: skip
                 trial = super().choose_trial_to_run(tune_controller)

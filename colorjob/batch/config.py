@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from colorjob import config as cfgmod
 from colorjob.export import DEFAULT_MODEL
+
+Mode = Literal["auto", "composite", "layers", "raw"]
+MODES = get_args(Mode)
 
 
 @dataclass
@@ -35,7 +38,7 @@ class BatchConfig:
     # composite: the sketch's own lines over the colours (auto: unless the model says raw);
     # layers: the composite and the colour layer beside it (<name>.layer.png, RGBA, no lines);
     # raw: the generator's own picture
-    mode: Literal["auto", "composite", "layers", "raw"] = "auto"
+    mode: Mode = "auto"
     shards: int = 0  # 0 = from the job's size at the folder's first run (kept in its state)
     follow_links: bool = False  # follow file links that leave the input folder (never folder links)
 
@@ -44,7 +47,7 @@ class BatchConfig:
         for key in ("input", "conditions", "model", "output"):
             if not getattr(self, key).strip():
                 raise cfgmod.ConfigError(f"{key} must be a non-empty path or URI")
-        if self.output.strip() in ("auto", "composite", "layers", "raw"):
+        if self.output.strip() in MODES:
             raise cfgmod.ConfigError(
                 f"output is the folder for the images, not what they hold: did you mean "
                 f"mode={self.output.strip()} (--mode {self.output.strip()})? For a folder of that "

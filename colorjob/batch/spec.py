@@ -1,6 +1,7 @@
 """What every batch worker is told about the job (:class:`Spec`), and where an output's colour
-layer goes: shared by the stages (:mod:`colorjob.batch.stages`) and the shards
-(:mod:`colorjob.batch.shard`), which import each other's work through it, never each other."""
+layer goes: used by the stages (:mod:`colorjob.batch.stages`, which call the shards) and by the
+shards (:mod:`colorjob.batch.shard`), which take them from here so they need not import the
+stages."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from colorjob import cli
 from colorjob.batch import execute
-from colorjob.batch.config import BatchConfig
+from colorjob.batch.config import MODES, BatchConfig
 from colorjob.batch.stages import FORMATS
 
 
@@ -29,7 +29,7 @@ def build_parser(prog: str = "colorjob batch"):
     cli.flag(p, "--format", "format", choices=list(FORMATS), help="output image format (default png)")  # fmt: skip
     cli.flag(p, "--overwrite", "overwrite", action="store_true", default=None, help="redo outputs that are already done")  # fmt: skip
     cli.flag(p, "--fail-on-error", "fail_on_error", action="store_true", default=None, help="exit 1 if any input failed")  # fmt: skip
-    cli.flag(p, "--mode", "mode", choices=["auto", "composite", "layers", "raw"], help="composite: the sketch's own lines over the colours; layers: also <name>.layer.png, the colours alone as RGBA; raw: the generator's own picture; auto (default): composite unless the model was trained on its raw pictures")  # fmt: skip
+    cli.flag(p, "--mode", "mode", choices=list(MODES), help="composite: the sketch's own lines over the colours; layers: also <name>.layer.png, the colours alone as RGBA; raw: the generator's own picture; auto (default): composite unless the model was trained on its raw pictures")  # fmt: skip
     cli.flag(p, "--layout", "layout", choices=["mirror", "shards"], help="mirror: one file per output beside the sketch's path (default); shards: one WebDataset tar per shard")  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="list, plan and decide exactly as a run would, say what it would make and why, and write nothing")  # fmt: skip
     return p
