@@ -475,6 +475,17 @@ def build_tuner(cfg: TuneConfig, resume: bool = False):
     )
 
 
+def _params_of(trial_path: str) -> dict:
+    """The settings a trial was started with, from its folder's ``params.json`` (Ray gives a
+    trial that died before its first report no config); {} where it cannot be read."""
+    import json
+
+    try:
+        return json.loads((Path(trial_path) / "params.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def summarize(results, cfg: TuneConfig) -> pd.DataFrame:
     """One row per trial: id, searched params, its best metric and the fidelity there, the
     epochs it ran, status (completed, stopped early, failed) and the error of a failed one.
@@ -498,7 +509,8 @@ def summarize(results, cfg: TuneConfig) -> pd.DataFrame:
     for r in results:
         tid = (r.metrics or {}).get("trial_id") or Path(r.path).name
         if tid not in epochs:  # never reported: in no table yet
-            silent.append({"trial_id": tid, **{k: r.config.get(k) for k in params}, "epochs": 0})
+            given = r.config or _params_of(r.path)
+            silent.append({"trial_id": tid, **{k: given.get(k) for k in params}, "epochs": 0})
         errors[tid] = r.error
     if silent:
         table = pd.concat([table, pd.DataFrame(silent)], ignore_index=True)

@@ -188,5 +188,6 @@ def test_a_pbt_member_that_fails_for_good_does_not_stall_the_population(local_ra
     table = pd.read_csv(exp / "trials.csv")
     failed = table[table["status"] == "failed"]
     assert len(failed) == 1 and failed["error"].str.len().iloc[0] > 0
+    assert failed[["lr_g", "lambda_l1"]].notna().all().all()  # its settings, reported or not
     assert ((table["status"] == "completed") & (table["epochs"] == 6)).sum() == 3
     assert best is not None
