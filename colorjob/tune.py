@@ -466,7 +466,7 @@ def build_tuner(cfg: TuneConfig, resume: bool = False):
             storage_path=inner.rsplit("/", 1)[0],
             storage_filesystem=fs,  # endpoint and credentials resolved the colorjob way
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-            callbacks=[PendingTimeout(cfg.pending_timeout_s)],
+            callbacks=[PendingTimeout(cfg.pending_timeout_s), *kept_result_files()],
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1 if cfg.scheduler.pbt is None else 4
             ),
@@ -708,6 +708,27 @@ def check_resources(cfg: TuneConfig, available: dict) -> None:
         f"the autoscaler; the search stops if no trial can start within {cfg.pending_timeout_s:g} s "
         "(pending_timeout_s)"
     )
+
+
+def kept_result_files() -> list:
+    """Tune's result.json and progress.csv writers (what ``ResultGrid`` and trials.csv read),
+    without Ray 2.60's loss of reports: when a trial starts again from a checkpoint (a PBT member
+    after its pause or exploit, a retry), Ray's logger copies the file back from storage over the
+    driver's own copy, and storage lags by up to a sync period, so the reports in between were
+    gone (a PBT member that ran 6 epochs showed 4 in trials.csv). The driver's copy is never
+    older than storage's; only a driver that has none yet (a resumed experiment) fetches it."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    def keep_local(base):
+        class KeepLocal(base):
+            def _restore_from_remote(self, file_name, trial) -> None:
+                if not Path(trial.local_path, file_name).exists():
+                    super()._restore_from_remote(file_name, trial)
+
+        KeepLocal.__name__ = KeepLocal.__qualname__ = f"Kept{base.__name__}"
+        return KeepLocal()
+
+    return [keep_local(JsonLoggerCallback), keep_local(CSVLoggerCallback)]
 
 
 class PendingTimeout:
