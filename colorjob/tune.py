@@ -243,6 +243,10 @@ def train_gan(params: dict, base: dict, fidelity_weight: float, threads: int) ->
     import torch
     from ray import tune
 
+    # Tune reuses this process for the next trial: it stops this one's thread first and fails the
+    # trial if that takes over TUNE_FUNCTION_THREAD_TIMEOUT_S (2 s); a trial paused inside a
+    # report has nothing left to write, but a slow disk should not turn a pause into an error.
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "120")
     here = Path(os.getcwd())  # the trial's own working directory on this node
     tag = tune.get_context().get_trial_id() or ""
     cfg = cfgmod.from_dict(TrainConfig, cfgmod.merge(base, params) | {"out": str(here / "run"), "tag": tag})  # fmt: skip
@@ -460,6 +464,9 @@ def build_tuner(cfg: TuneConfig, resume: bool = False):
             scheduler=_scheduler(cfg, space),
             num_samples=cfg.num_samples,
             max_concurrent_trials=cfg.max_concurrent_trials,
+            # A single-worker trial's process serves the next trial (and a PBT member its own
+            # next interval) instead of a new Python + torch per start; see train_gan.
+            reuse_actors=cfg.resources.workers == 1,
         ),  # fmt: skip
         run_config=tune.RunConfig(
             name=cfg.name,
