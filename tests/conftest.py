@@ -104,3 +104,23 @@ def read_manifest(output):
         .drop(columns="_order")
         .reset_index(drop=True)
     )
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Which colorjob modules this test process imported (what a tier reaches in-process; the
+    command-line tests reach the rest in subprocesses)."""
+    import sys
+    from pathlib import Path
+
+    import colorjob
+
+    root = Path(colorjob.__file__).parent
+    names = {
+        ".".join(("colorjob", *p.relative_to(root).with_suffix("").parts)).removesuffix(".__init__")
+        for p in root.rglob("*.py")
+    }
+    missing = sorted(n for n in names if n not in sys.modules)
+    line = (
+        f"colorjob modules imported by this test process: {len(names) - len(missing)}/{len(names)}"
+    )
+    terminalreporter.write_line(line + (f" (not: {', '.join(missing)})" if missing else ""))
