@@ -171,7 +171,7 @@ def test_bad_files_fail_alone_and_reruns_skip_and_restore(local_ray, tmp_path, c
     assert set(after) == set(before) and all(after[p] > before[p] for p in before)
 
 
-def test_grid_errors_come_before_any_work(tmp_path, model):
+def test_grid_errors_come_before_any_work(tmp_path, model, capsys):
     vocab = ConditionVocab.from_dict(read_model_info(model)["conditions"])
     bad = tmp_path / "bad.csv"
     bad.write_text("hair,shirt\nblack,red\npink,red\nblack,red\nblue,teal\n")
@@ -190,14 +190,15 @@ def test_grid_errors_come_before_any_work(tmp_path, model):
     (tmp_path / "empty.csv").write_text("hair,shirt\n")
     with pytest.raises(BatchError, match="no rows"):
         read_grid(str(tmp_path / "empty.csv"), vocab)
-    # through the job: nothing is written, Ray is not needed
+    # through the command (in-process; its module form runs in test_nothing_lost): nothing is
+    # written, Ray is not needed
+    from colorjob.cli import main
+
     (tmp_path / "in").mkdir()
     Image.new("RGB", (32, 32), "white").save(tmp_path / "in" / "a.png")
-    r = subprocess.run(
-        [sys.executable, "-m", "colorjob.batch", "--input", str(tmp_path / "in"), "--conditions", str(bad), "--model", model, "--output", str(tmp_path / "o")],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    assert r.returncode == 2 and "unknown hair 'pink'" in r.stderr and "Traceback" not in r.stderr
+    rc = main(["batch", "--input", str(tmp_path / "in"), "--conditions", str(bad), "--model", model, "--output", str(tmp_path / "o")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "unknown hair 'pink'" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
     for args, text in (
         (["--model", str(tmp_path / "nomodel")], "does not exist"),
@@ -211,12 +212,9 @@ def test_grid_errors_come_before_any_work(tmp_path, model):
             "--output": str(tmp_path / "o"),
         }
         base[args[0]] = args[1]
-        r = subprocess.run(
-            [sys.executable, "-m", "colorjob.batch", *sum(base.items(), ())],
-            capture_output=True,
-            text=True,
-        )
-        assert r.returncode == 2 and text in r.stderr, r.stderr
+        rc = main(["batch", *sum(base.items(), ())])
+        err = capsys.readouterr().err
+        assert rc == 2 and text in err, err
     (tmp_path / "emptyin").mkdir()
     with pytest.raises(BatchError, match="no images under"):
         run(

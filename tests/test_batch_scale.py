@@ -424,6 +424,7 @@ def _overlaps(tmp_path: Path, broken: bool) -> tuple[int, int]:
     return len(held), sum(1 for a, b in zip(held, held[1:], strict=False) if b[0] < a[1])
 
 
+@pytest.mark.slow
 def test_the_lock_is_exclusive_under_contention(tmp_path):
     held, overlaps = _overlaps(tmp_path, broken=False)
     assert held >= 100 and overlaps == 0

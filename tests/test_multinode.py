@@ -64,7 +64,8 @@ def kill_when(condition, action, timeout: float = 300) -> threading.Thread:
     return t
 
 
-@pytest.mark.parametrize("layout", [pytest.param("mirror", marks=pytest.mark.slow), "shards"])
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["mirror", "shards"])
 def test_batch_survives_losing_a_worker_node(cluster, tmp_path, chars, trained, layout):
     import tarfile
 

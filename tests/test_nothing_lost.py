@@ -185,6 +185,7 @@ def test_a_one_trial_search_runs_through_every_form_of_the_command(chars, tmp_pa
         assert read_model(tmp_path / "results" / name / "best")
 
 
+@pytest.mark.slow
 def test_train_synth_and_batch_run_as_python_m_modules(tmp_path):
     r = subprocess.run([sys.executable, "-m", "colorjob.train", "--dry-run"], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert r.returncode == 0 and "dry run ok" in r.stdout, r.stderr

@@ -23,6 +23,25 @@ FLAGS = [
 ]  # fmt: skip
 
 
+def test_the_quickstart_fine_tunes_the_shipped_default_on_data_it_accepts(tmp_path, capsys):
+    """Fast: the quickstart's starting network is the shipped default's and the data it draws
+    passes the fine-tune's checks (dataset, networks, conditions of --init-from)."""
+    from colorjob import quickstart as qs
+    from colorjob import synth
+    from colorjob.cli import main
+    from colorjob.train import TrainConfig, preflight
+
+    net = qs._default_network()
+    assert qs._data_colours(net) == "mixed" and qs._data_colours(qs._tiny_network()) == "named"
+    data = synth.generate(tmp_path / "data", 2, seed=0, size=net["image_size"], families=qs.FAMILIES[:2], colours="mixed", colourings_per_sketch=4)  # fmt: skip
+    preflight(TrainConfig(**net, data=str(data), out=str(tmp_path / "run")))
+    assert not (tmp_path / "run").exists()  # checks write nothing
+    with pytest.raises(SystemExit):
+        main(["quickstart", "--help"])
+    printed = capsys.readouterr().out
+    assert all(f in printed for f in ("--sketches", "--trials", "--epochs", "--out")), printed
+
+
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory):  # the slow tests' run (about a minute and a half)
     out = tmp_path_factory.mktemp("qs")

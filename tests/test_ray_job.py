@@ -112,6 +112,7 @@ def test_ray_job_submit_runs_the_search(cluster, tmp_path, chars):
     assert (tmp_path / "results" / "job" / "trials.csv").is_file()
 
 
+@pytest.mark.slow
 def test_ray_job_submit_colorizes(cluster, tmp_path, chars, trained):
     env, address = cluster
     (tmp_path / "in" / "sub").mkdir(parents=True)

@@ -67,6 +67,7 @@ def s3():
             os.environ[k] = v
 
 
+@pytest.mark.slow
 def test_tune_with_dataset_and_storage_on_s3_then_batch_s3_to_s3(s3, chars):
     storage.upload_dir(chars, f"s3://{BUCKET}/data/chars")
     cfg = cfgmod.from_dict(

@@ -1,6 +1,3 @@
-import subprocess
-import sys
-
 import numpy as np
 import pandas as pd
 from PIL import Image
@@ -70,38 +67,13 @@ def test_characters_vary():
         assert len({t[key] for t in traits}) >= len(options) - 2, key
 
 
-def test_cli(tmp_path):
+def test_cli(tmp_path, capsys):
+    """In-process (``python -m colorjob.synth`` runs as a subprocess in test_nothing_lost)."""
+    from colorjob.cli import main
+
     out = tmp_path / "cli"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "colorjob.synth",
-            "--out",
-            str(out),
-            "--sketches",
-            "2",
-            "--size",
-            "32",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert "50 pairs" in r.stdout and str(out / "metadata.csv") in r.stdout
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "colorjob.synth",
-            "--out",
-            str(out),
-            "--sketches",
-            "2",
-            "--size",
-            "48",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert bad.returncode == 2 and "power of two" in bad.stderr
+    assert main(["synth", "--out", str(out), "--sketches", "2", "--size", "32"]) == 0
+    printed = capsys.readouterr().out
+    assert "50 pairs" in printed and str(out / "metadata.csv") in printed
+    assert main(["synth", "--out", str(out), "--sketches", "2", "--size", "48"]) == 2
+    assert "power of two" in capsys.readouterr().err

@@ -203,37 +203,23 @@ def test_fidelity_is_missing_not_zero_without_masks(tiny_cfg, tmp_path, chars):
     assert pd.read_csv(tmp_path / "nm" / "metrics.csv")["val_fidelity"].isna().all()
 
 
-def test_cli_help_and_config_errors(tmp_path):
-    r = subprocess.run(
-        [sys.executable, "-m", "colorjob.train", "--help"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+def test_cli_help_and_config_errors(tmp_path, capsys):
+    """In-process (the module forms run as subprocesses in test_nothing_lost)."""
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
     for flag in ("--config", "--data", "--epochs", "--resume", "--mixed-precision", "--set"):
-        assert flag in r.stdout
+        assert flag in out
     bad = tmp_path / "bad.yaml"
     bad.write_text("epochz: 3\n")
-    r = subprocess.run(
-        [sys.executable, "-m", "colorjob.train", "--config", str(bad)],
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 2 and "unknown key(s) epochz" in r.stderr and "Traceback" not in r.stderr
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "colorjob.train",
-            "--data",
-            str(tmp_path / "none"),
-            "--out",
-            str(tmp_path / "o"),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 2 and "does not exist" in r.stderr and "colorjob.synth" in r.stderr
+    assert main(["--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key(s) epochz" in err and "Traceback" not in err
+    assert main(["--data", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "colorjob.synth" in err
+    assert not (tmp_path / "o").exists()  # refused before anything was written
 
 
 def test_seed_config_files_load():
@@ -272,6 +258,7 @@ def test_unit_range_helpers():
     assert to_unit(x).tolist() == [-1.0, 1.0]
 
 
+@pytest.mark.slow
 def test_the_same_loop_runs_distributed_on_two_cpu_processes(tiny_cfg, tmp_path):
     """DDP over gloo (what `accelerate launch` does on several GPUs): no_sync, reduce, one writer."""
     cfg = tiny_cfg(out=tmp_path / "ddp")

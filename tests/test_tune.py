@@ -44,6 +44,7 @@ def tiny(tmp_path, chars, **kw) -> dict:
     return cfgmod.merge(base, kw)
 
 
+@pytest.mark.slow
 def test_search_finishes_params_differ_asha_stops_and_best_colours(local_ray, tmp_path, chars):
     cfg = cfgmod.from_dict(TuneConfig, tiny(tmp_path, chars))
     best = run(cfg)
@@ -79,6 +80,7 @@ def test_search_finishes_params_differ_asha_stops_and_best_colours(local_ray, tm
     assert y.shape == (1, 3, 32, 32) and torch.isfinite(y).all()
 
 
+@pytest.mark.slow
 def test_a_failing_trial_leaves_the_experiment_successful(local_ray, tmp_path, chars):
     # The first point evaluated is train's own values: lambda_l1 = inf makes that trial fail.
     spec = tiny(tmp_path, chars, num_samples=4, train={"lambda_l1": float("inf"), "epochs": 2})
@@ -158,6 +160,7 @@ def test_interrupt_and_resume_runs_only_what_was_left(tmp_path, chars):
     assert "best generator:" in r.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_resume_refuses_another_search_unless_forced(local_ray, tmp_path, chars):
     spec = tiny(tmp_path, chars, num_samples=1, scheduler={"asha": False}, train={"epochs": 1})
     run(cfgmod.from_dict(TuneConfig, spec))
