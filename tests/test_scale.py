@@ -34,10 +34,10 @@ def test_a_search_of_two_worker_trials_runs_from_the_command_line_with_asha(tmp_
 
     log = tmp_path / "shards"
     spec = {
-        "name": "workers", "storage_path": "results", "num_samples": 3,  # relative: to the cwd
+        "name": "workers", "storage_path": "results", "num_samples": 2,  # relative: to the cwd
         "max_concurrent_trials": 2, "resources": {"workers": 2, "cpu_per_worker": 1},
         "scheduler": {"asha": True, "grace_period": 1, "reduction_factor": 2}, "max_failures": 0,
-        "search": {"lr_g": {"choice": [2e-4, 1e-4, 5e-4]}},
+        "search": {"lr_g": {"choice": [2e-4, 5e-4]}},
         "train": {"data": str(chars), "image_size": 32, "ngf": 8, "ndf": 8, "epochs": 2, "batch_size": 8,
                   "val_fraction": 0.25, "shard_log": str(log)},
     }  # fmt: skip
@@ -49,7 +49,7 @@ def test_a_search_of_two_worker_trials_runs_from_the_command_line_with_asha(tmp_
     assert "max_concurrent_trials 2 -> 1" in r.stdout + r.stderr  # two workers fill 2 CPUs
     exp = tmp_path / "results" / "workers"
     table = pd.read_csv(exp / "trials.csv")
-    assert len(table) == 3 and table["status"].isin(["completed", "stopped early"]).all()
+    assert len(table) == 2 and table["status"].isin(["completed", "stopped early"]).all()
     assert set(table["epochs"]) <= {1, 2} and 2 in set(table["epochs"])
     info = read_model_info(exp / "best")
     assert info["metrics"]["val_l1"] == pytest.approx(table["val_l1"].min(), rel=1e-6)
@@ -58,7 +58,7 @@ def test_a_search_of_two_worker_trials_runs_from_the_command_line_with_asha(tmp_
         assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
         assert set(METRIC_COLUMNS) - {"seconds", "holdout_l1", "holdout_fidelity"} <= set(rows[-1])
     # Ray Train's checkpoints of every trial in the experiment, not in a trial's working folder
-    assert len(list((exp / "workers").glob("workers-*/checkpoint_*"))) >= 3
+    assert len(list((exp / "workers").glob("workers-*/checkpoint_*"))) >= 2
     seen = shards(log)
     assert {rank for _, rank in seen} == {0, 1}
     for epoch in (1, 2):  # two processes, disjoint halves of the epoch

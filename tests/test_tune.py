@@ -123,7 +123,7 @@ def test_interrupt_and_resume_runs_only_what_was_left(tmp_path, chars):
     spec = tiny(
         tmp_path,
         chars,
-        num_samples=4,
+        num_samples=3,
         max_concurrent_trials=1,
         scheduler={"asha": False},
         train={"epochs": 2},
@@ -137,10 +137,10 @@ def test_interrupt_and_resume_runs_only_what_was_left(tmp_path, chars):
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 300
-        while _finished_trials(exp, 2) < 2 and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.5)
+        while _finished_trials(exp, 2) < 1 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
         assert proc.poll() is None, "the search ended before it could be interrupted"
-        proc.send_signal(signal.SIGINT)  # Ctrl-C, once two trials have finished
+        proc.send_signal(signal.SIGINT)  # Ctrl-C, once a trial has finished
         proc.wait(timeout=120)
     finally:
         proc.kill()
@@ -150,11 +150,11 @@ def test_interrupt_and_resume_runs_only_what_was_left(tmp_path, chars):
         if _finished_trials(p.parent.parent, 2)
     }
     finished = {k: v for k, v in done_before.items() if len(v.splitlines()) >= 2}
-    assert 2 <= len(finished) < 4
+    assert 1 <= len(finished) < 3
     r = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     table = pd.read_csv(exp / "trials.csv")
-    assert len(table) == 4 and (table["status"] == "completed").all()
+    assert len(table) == 3 and (table["status"] == "completed").all()
     for name, text in finished.items():  # finished trials were not run again
         assert (exp / name / "result.json").read_text() == text
     assert "best generator:" in r.stdout.strip().splitlines()[-1]
