@@ -67,3 +67,15 @@ def test_forward_backward_at_32px(batch):
     grads = [p.grad for p in g.parameters()]
     assert all(gr is not None and torch.isfinite(gr).all() for gr in grads)
     assert g.downs[0].block[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(("n", "ncol", "pad"), [(7, 3, 2), (6, 3, 2), (5, 8, 0), (12, 4, 3)])
+def test_the_sample_grid_is_laid_out_as_torchvision_lays_it_out(n, ncol, pad):
+    from torchvision.utils import make_grid
+
+    from colorjob.plots import tile
+
+    images = torch.randint(0, 256, (n, 3, 9, 11), dtype=torch.uint8)
+    expected = make_grid(images, nrow=ncol, padding=pad, pad_value=255)
+    assert torch.equal(tile(images, ncol, pad), expected)
+    assert not torch.equal(tile(images.flip(0), ncol, pad), expected)  # the order shows

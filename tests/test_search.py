@@ -102,12 +102,12 @@ def test_a_restarted_trial_keeps_the_reports_storage_has_not_caught_up_with(tmp_
 
 @pytest.fixture(scope="module")
 def pbt_every_epoch(local_ray, tmp_path_factory, chars):
-    """One PBT search shared by the tests below: 2 members, 20 epochs, a perturbation every
+    """One PBT search shared by the tests below: 2 members, 10 epochs, a perturbation every
     epoch (the weaker member takes over the other's checkpoint), the background writer on."""
     tmp = tmp_path_factory.mktemp("pbt")
     spec = pbt_spec(tmp, chars, num_samples=2, max_concurrent_trials=2,
                     scheduler={"pbt": {"perturbation_interval": 1, "quantile_fraction": 0.5, "resample_probability": 0.5}},
-                    train={"epochs": 20, "checkpoint_every": 1})  # fmt: skip
+                    train={"epochs": 10, "checkpoint_every": 1})  # fmt: skip
     best = run(cfgmod.from_dict(TuneConfig, spec))
     return tmp, tmp / "results" / "pbt", best
 
@@ -127,10 +127,10 @@ def test_pbt_exploits_from_checkpoints_and_the_best_model_records_its_schedule(p
         compared += 1
     assert compared == len(exploited)
     for tid, rows in reports.groupby("trial_id"):  # every report kept, each once
-        assert sorted(rows["epoch"]) == list(range(1, 21)), tid
+        assert sorted(rows["epoch"]) == list(range(1, 11)), tid
     table = pd.read_csv(exp / "trials.csv")
     assert (
-        len(table) == 2 and (table["status"] == "completed").all() and (table["epochs"] == 20).all()
+        len(table) == 2 and (table["status"] == "completed").all() and (table["epochs"] == 10).all()
     )
     info = read_model_info(best)
     schedule = info["schedule"]

@@ -105,19 +105,33 @@ def test_no_library_module_imports_the_command_floor():
     assert {m: d for m, d in bad.items() if d} == {}
 
 
+def importers_of(package: str, modules: list[str] | None = None) -> list[str]:
+    """The colorjob modules (all, or those named) that import ``package`` anywhere in them."""
+    paths = [p for p in ROOT.rglob("*.py")] if modules is None else [
+        next(p for p in (ROOT.parent / (m.replace(".", "/") + ".py"), ROOT.parent / m.replace(".", "/") / "__init__.py") if p.is_file())
+        for m in modules
+    ]  # fmt: skip
+    users = []
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []  # fmt: skip
+            if any(n == package or n.startswith(package + ".") for n in names):
+                users.append(module_name(path))
+                break
+    return sorted(users)
+
+
 def test_data_models_and_the_training_loop_import_no_ray():
     """Ray lives at the edges (tune, distributed, batch executors, cluster, jobs/)."""
     ray_free = ["colorjob.data", "colorjob.models", "colorjob.train", "colorjob.trial", "colorjob.inference",
                 "colorjob.conditions", "colorjob.runfolder", "colorjob.checkpoint", "colorjob.evaluate",
                 "colorjob.batch.stages", "colorjob.batch.plan", "colorjob.batch.ledger"]  # fmt: skip
-    users = []
-    for m in ray_free:
-        path = ROOT.parent / (m.replace(".", "/") + ".py")
-        if not path.is_file():
-            path = ROOT.parent / m.replace(".", "/") / "__init__.py"
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []  # fmt: skip
-            if any(n == "ray" or n.startswith("ray.") for n in names):
-                users.append(m)
-    assert users == []
+    assert importers_of("ray", ray_free) == []
+    assert "colorjob.tune" in importers_of("ray")  # positive control: the walk sees Ray's users
+
+
+def test_no_module_imports_torchvision():
+    """Its import pulls in torch._dynamo and sympy (1.3 s of every process that trains: each
+    trial, Ray Train worker and command); the sample grid is drawn by ``plots.tile``."""
+    assert importers_of("torchvision") == []
+    assert importers_of("torch") != []  # the walk sees third-party imports
