@@ -33,6 +33,11 @@ from colorjob.checkpoint import LAST
 log = logging.getLogger(__name__)
 RAY_TRAIN = ".ray-train"  # Ray Train's own state inside the run folder (a run file)
 RUN_NAME = "run"
+# Ray Train's controller takes a worker's report (and only then lets it train on: one report is
+# queued) when it polls the group, every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default: an
+# epoch took 2 s however short (the seed's 225 pairs take 0.1 s on a GPU). Ray passes the variable
+# from the process that calls fit() to the controller; a slow poll is awaited, not an error.
+POLL_ENV, POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"
 
 
 def worker_loop(config: dict) -> None:
@@ -111,6 +116,7 @@ def trainer(
         from ray.tune.integration.ray_train import TuneReportCallback
 
         callbacks.append(TuneReportCallback())
+    os.environ.setdefault(POLL_ENV, POLL_S)  # a user's own setting stays
     fs, root = storage.resolve(storage_path)
     resources = {"CPU": cpus} | ({"GPU": gpus} if gpus else {})
     config = {"train": train_cfg, "threads": max(1, int(cpus)), "fidelity_weight": fidelity_weight}

@@ -121,6 +121,23 @@ def test_a_killed_worker_restarts_the_group_from_its_checkpoint_with_the_run_fol
         train_on_ray(cfg, workers=2)
 
 
+@pytest.mark.parametrize("users", [None, "3"])
+def test_ray_trains_controller_takes_reports_four_times_a_second_unless_the_user_says(tmp_path, monkeypatch, users):  # fmt: skip
+    """Ray Train's controller takes a worker's report when it polls (2 s by default: an epoch
+    took at least that). colorjob sets the poll where Ray passes it on from the process that
+    calls fit() to the controller (its list of variables to propagate); a user's own value stays."""
+    from ray.train.v2._internal.constants import get_env_vars_to_propagate
+
+    from colorjob.distributed import POLL_ENV, trainer
+
+    monkeypatch.delenv(POLL_ENV, raising=False)
+    if users:
+        monkeypatch.setenv(POLL_ENV, users)
+    assert get_env_vars_to_propagate().get(POLL_ENV) == users  # before: Ray's default or theirs
+    trainer({"data": str(tmp_path)}, "run", str(tmp_path / "storage"), workers=2, cpus=1, gpus=0)
+    assert get_env_vars_to_propagate()[POLL_ENV] == (users or "0.25")
+
+
 def test_one_epoch_streamed_visits_the_same_pairs_as_one_in_memory(tiny_cfg, tmp_path):
     visited = {}
     for mode in ("memory", "stream"):
