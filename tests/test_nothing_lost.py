@@ -154,6 +154,10 @@ def _tune_config(tmp_path: Path, chars: Path, name: str) -> Path:
 
 @pytest.mark.slow
 def test_a_one_trial_search_runs_through_every_form_of_the_command(chars, tmp_path):
+    """Each form runs its code as a different ``__main__`` (what Ray's pickling trips on): all
+    four join one cluster of this test's (the private-Ray start is every other search test's)."""
+    from ray.cluster_utils import Cluster
+
     exe = Path(sys.executable).parent
     forms = {
         "colorjob": [str(exe / "colorjob"), "tune"],
@@ -161,7 +165,8 @@ def test_a_one_trial_search_runs_through_every_form_of_the_command(chars, tmp_pa
         "python-m-colorjob-tune": [sys.executable, "-m", "colorjob.tune"],
         "jobs-tune": [sys.executable, str(ROOT / "jobs" / "tune.py")],
     }
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    env = {**os.environ, "RAY_ADDRESS": cluster.address}
     procs = {
         name: subprocess.Popen(
             [*cmd, "--config", str(_tune_config(tmp_path, chars, name))],
@@ -178,6 +183,7 @@ def test_a_one_trial_search_runs_through_every_form_of_the_command(chars, tmp_pa
     finally:
         for p in procs.values():
             p.kill()
+        cluster.shutdown()
     for name, p in procs.items():
         assert p.returncode == 0, (name, outs[name][-3000:])
         trials = pd.read_csv(tmp_path / "results" / name / "trials.csv")
