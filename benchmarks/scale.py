@@ -1,7 +1,7 @@
 """Training at scale on one machine: streamed vs in-memory data, decoding ways, memory, overhead.
 
     python benchmarks/scale.py                 # every part (~15 min on 2 cores)
-    python benchmarks/scale.py --parts stream  # one part: stream | decode | rss | overhead
+    python benchmarks/scale.py --parts stream  # one part: stream | decode | rss | overhead | bytes | poll
 
 - stream: training samples/s, in memory vs streamed from files (DataLoader workers), at 64 px
   (ngf 32) and 256 px (ngf 12); same data, same epochs.
@@ -10,6 +10,9 @@
 - rss: peak memory of a process training one streamed epoch on 5,000 and on 20,000 pairs.
 - overhead: the CPU profile (configs/cpu.yaml, 64 px, 10 epochs): the share of each run's wall
   time spent outside the training steps, with a checkpoint every epoch and with the defaults.
+- poll: `colorjob train --workers 2` (32 px, 12 epochs, a tiny network: short epochs) with Ray
+  Train's controller polling every 2 s (Ray's default) and every 0.25 s (colorjob's): wall
+  seconds per epoch, from when each epoch's shard log was written (start-up excluded).
 """
 
 from __future__ import annotations
@@ -124,6 +127,29 @@ def overhead(tmp: Path) -> list[dict]:
     return rows
 
 
+def poll_interval(tmp: Path, epochs: int = 12) -> list[dict]:
+    import os
+
+    from colorjob import synth
+    from colorjob.distributed import POLL_ENV, POLL_S
+
+    data = synth.generate(tmp / "poll", 4, seed=0, size=32)
+    rows = []
+    for poll in ("2", POLL_S):
+        out, log = tmp / f"poll-{poll}", tmp / f"poll-{poll}-shards"
+        cmd = [sys.executable, "-m", "colorjob", "train", "--data", str(data), "--out", str(out), "--workers", "2",
+               "--image-size", "32", "--epochs", str(epochs), "--set", "ngf=8", "--set", "ndf=8",
+               "--set", "val_fraction=0.25", "--set", f"shard_log={log}"]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {POLL_ENV: poll}
+        t0 = time.perf_counter()
+        subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+        wall = time.perf_counter() - t0
+        at = [(log / f"epoch{e:03d}-rank0.json").stat().st_mtime for e in range(1, epochs + 1)]
+        rows.append({"part": "poll", "way": f"controller polls every {poll} s", "wall s": wall,
+                     "s per epoch": (at[-1] - at[0]) / (epochs - 1)})  # fmt: skip
+    return rows
+
+
 def _rungs(grace: int, rf: float, epochs: int) -> list[int]:
     rungs, t = [], grace
     while t < epochs:
@@ -191,13 +217,14 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--parts", default="stream,decode,rss,overhead,bytes")
+    p.add_argument("--parts", default="stream,decode,rss,overhead,bytes,poll")
     p.add_argument("--epochs", type=int, default=2, help="epochs per run of the stream part")
     a = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="colorjob-scale-"))
     rows = []
     parts = {"stream": lambda: stream_vs_memory(tmp, a.epochs), "decode": lambda: decoding(tmp),
-             "rss": lambda: peak_rss(tmp), "overhead": lambda: overhead(tmp), "bytes": lambda: bytes_written(tmp)}  # fmt: skip
+             "rss": lambda: peak_rss(tmp), "overhead": lambda: overhead(tmp), "bytes": lambda: bytes_written(tmp),
+             "poll": lambda: poll_interval(tmp)}  # fmt: skip
     for part in a.parts.split(","):
         rows += parts[part]()
     import pandas as pd
