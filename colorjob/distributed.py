@@ -35,7 +35,7 @@ RAY_TRAIN = ".ray-train"  # Ray Train's own state inside the run folder (a run f
 RUN_NAME = "run"
 # Ray Train's controller takes a worker's report (and only then lets it train on: one report is
 # queued) when it polls the group, every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default: an
-# epoch took 2 s however short (the seed's 225 pairs take 0.1 s on a GPU). Ray passes the variable
+# epoch took 2 s however short (the seed's 225 pairs: 0.1 s on an H100). Ray passes the variable
 # from the process that calls fit() to the controller; a slow poll is awaited, not an error.
 POLL_ENV, POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"
 

@@ -13,8 +13,9 @@ from colorjob.storage import replacing
 
 def tile(images: torch.Tensor, ncol: int, pad: int = 2, fill: int = 255) -> torch.Tensor:
     """``(N, C, H, W)`` -> one ``(C, H', W')`` grid, ``ncol`` images a row (row-major), ``pad``
-    pixels of ``fill`` around every image: torchvision's ``make_grid`` layout, without importing
-    torchvision (its import pulls in torch._dynamo: 1.3 s in every training process, measured)."""
+    pixels of ``fill`` around every image: torchvision's ``make_grid`` layout (which returns a
+    single image bare; here it is framed too), without importing torchvision (its import pulls in
+    torch._dynamo: 1.3 s in every training process, measured)."""
     n, c, h, w = images.shape
     ncol = max(1, min(ncol, n))
     nrow = -(-n // ncol)
