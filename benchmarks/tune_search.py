@@ -135,16 +135,17 @@ def plot_curves(
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
     longest = max(len(r) for r in curves.values())
     x = np.arange(1, longest + 1)
-    warnings.filterwarnings("ignore", "Mean of empty slice|All-NaN slice", RuntimeWarning)
     for name in methods_:  # (past a method's last trial-epoch its curve is empty: not drawn)
         ys = []
         for s in seeds:
             b = curves[(name, s)].set_index("spent")["best_so_far"]
             ys.append(b.reindex(x).ffill().where(x <= b.index.max()).to_numpy())
         ys = np.array(ys, dtype=float)
-        mean = np.nanmean(ys, axis=0)
+        with warnings.catch_warnings():  # those empty columns, here only
+            warnings.filterwarnings("ignore", "Mean of empty slice|All-NaN slice", RuntimeWarning)
+            mean, low, high = (f(ys, axis=0) for f in (np.nanmean, np.nanmin, np.nanmax))
         line = ax.plot(x, mean, label=name)[0]
-        ax.fill_between(x, np.nanmin(ys, axis=0), np.nanmax(ys, axis=0), color=line.get_color(), alpha=0.15)  # fmt: skip
+        ax.fill_between(x, low, high, color=line.get_color(), alpha=0.15)
     target = np.mean([curves[("random search", s)]["val_l1"].min() for s in seeds])
     ax.axhline(target, ls="--", color="grey", lw=1, label="random search's final best (mean)")
     ax.set_xlabel("trial-epochs spent")

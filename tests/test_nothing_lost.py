@@ -167,18 +167,13 @@ def test_a_one_trial_search_runs_through_every_form_of_the_command(chars, tmp_pa
     }
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
     env = {**os.environ, "RAY_ADDRESS": cluster.address}
-    procs = {
-        name: subprocess.Popen(
-            [*cmd, "--config", str(_tune_config(tmp_path, chars, name))],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )  # fmt: skip
-        for name, cmd in forms.items()
-    }
-    try:
+    procs = {}
+    try:  # the cluster and every started search go, whatever fails
+        for name, cmd in forms.items():
+            procs[name] = subprocess.Popen(
+                [*cmd, "--config", str(_tune_config(tmp_path, chars, name))],
+                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            )  # fmt: skip
         outs = {name: p.communicate(timeout=400)[0] for name, p in procs.items()}
     finally:
         for p in procs.values():

@@ -105,12 +105,15 @@ def test_no_library_module_imports_the_command_floor():
     assert {m: d for m, d in bad.items() if d} == {}
 
 
+def module_path(name: str) -> Path:
+    """``colorjob.x.y`` -> its file (``x/y.py``, or ``x/y/__init__.py`` for a package)."""
+    base = ROOT.parent / name.replace(".", "/")
+    return base.with_suffix(".py") if base.with_suffix(".py").is_file() else base / "__init__.py"
+
+
 def importers_of(package: str, modules: list[str] | None = None) -> list[str]:
     """The colorjob modules (all, or those named) that import ``package`` anywhere in them."""
-    paths = [p for p in ROOT.rglob("*.py")] if modules is None else [
-        next(p for p in (ROOT.parent / (m.replace(".", "/") + ".py"), ROOT.parent / m.replace(".", "/") / "__init__.py") if p.is_file())
-        for m in modules
-    ]  # fmt: skip
+    paths = list(ROOT.rglob("*.py")) if modules is None else [module_path(m) for m in modules]
     users = []
     for path in paths:
         for node in ast.walk(ast.parse(path.read_text())):
